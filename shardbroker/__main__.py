@@ -1,0 +1,5 @@
+import sys
+
+from shardbroker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,189 @@
+"""``shardbroker`` command line: run, publish, dump, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from shardbroker import config as config_mod
+from shardbroker.errors import ShardbrokerError
+
+SIZE_HELP = "bytes, or with a binary unit: 4096, 64KiB, 2MiB, 1GiB"
+
+
+def _size(text: str) -> int:
+    try:
+        return config_mod.parse_size(text)
+    except ShardbrokerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="shardbroker",
+        description="Publish-receive path of a pub/sub broker node: receiver processes (one "
+                    "per CPU) land Embarcadero publish batches in a POSIX shared-memory log.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="start a broker node (supervisor + receivers)",
+        description="Start the supervisor: create and prefault the segment, spawn one pinned "
+                    "receiver per CPU, accept publishers. Prints one JSON 'ready' line on "
+                    "stdout; logs go to stderr. SIGINT/SIGTERM stop it cleanly.",
+    )
+    run.add_argument("--config", help="TOML config file (see conf/broker.toml)")
+    run.add_argument("--threads", type=int, help="receiver processes (default: one per CPU "
+                     "this process may run on)")
+    run.add_argument("--listen", help="HOST:PORT to accept publishers on (port 0: any free "
+                     "port; default 127.0.0.1:1214)")
+    run.add_argument("--segment", help="shm segment name (default shardbroker-<pid>)")
+    run.add_argument("--keep-segment", action="store_true",
+                     help="leave the segment in /dev/shm at exit, for readers")
+    run.add_argument("--blog-size", type=_size, help=f"BLog ring per shard ({SIZE_HELP})")
+    run.add_argument("--pbr-slots", type=int, help="PBR ring slots per shard")
+    run.add_argument("--rcvlowat-cap", type=_size,
+                     help="SO_RCVLOWAT cap per connection, 0 = off (default 1MiB)")
+    run.add_argument("--rcvbuf", type=_size,
+                     help="SO_RCVBUF per connection, 0 = kernel autotuning (default)")
+    run.add_argument("--broker-id", type=int, help="broker id (top 16 bits of batch_id)")
+    run.add_argument("--no-pin", action="store_true", help="do not pin receivers to CPUs")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    pub = sub.add_parser(
+        "publish", help="load generator: publisher processes streaming batches",
+        description="Run publisher processes (one per connection) against a broker and print "
+                    "a summary; --json prints one JSON line.",
+    )
+    pub.add_argument("--connect", required=True, help="broker HOST:PORT")
+    pub.add_argument("--connections", type=int, default=1, help="publisher processes")
+    pub.add_argument("--batch-size", type=_size, default=2 << 20, help=f"({SIZE_HELP})")
+    pub.add_argument("--message-size", type=_size, default=1024, help=f"({SIZE_HELP})")
+    amount = pub.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--total", type=_size, help=f"bytes across all connections ({SIZE_HELP})")
+    amount.add_argument("--duration", type=float, help="seconds to publish for")
+    pub.add_argument("--topic", default="load")
+    pub.add_argument("--ack", type=int, choices=[0, 1], default=1,
+                     help="ack level: 1 waits for commit acks (default), 0 none")
+    pub.add_argument("--max-in-flight", type=int, default=32, help="unacked batches allowed")
+    pub.add_argument("--cpus", help="pin publisher i to CPU list[i %% len], e.g. 1 or 0,1")
+    pub.add_argument("--json", action="store_true", help="print one JSON summary line")
+
+    dump = sub.add_parser("dump", help="summarise (and verify) a segment",
+                          description="Per shard: batches, bytes, first/last batch; --verify "
+                                      "walks every message header of every committed batch.")
+    dump.add_argument("--segment", required=True)
+    dump.add_argument("--json", action="store_true")
+    dump.add_argument("--verify", action="store_true")
+
+    demo = sub.add_parser("demo", help="broker + publishers for ~10 s, then a checked summary",
+                          description="Start a broker on built-in defaults, stream from "
+                                      "publisher processes, verify every acked message through "
+                                      "SegmentReader, print a summary.")
+    demo.add_argument("--duration", type=float, default=10.0)
+    demo.add_argument("--connections", type=int, default=4)
+    demo.add_argument("--threads", type=int, default=0, help="receivers (0: one per CPU)")
+    demo.add_argument("--batch-size", type=_size, default=2 << 20)
+    demo.add_argument("--message-size", type=_size, default=1024)
+    demo.add_argument("--json", action="store_true")
+    return p
+
+
+def _run_overrides(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    o: dict[str, dict[str, Any]] = {"broker": {}, "segment": {}, "socket": {}, "log": {}}
+    if a.threads is not None:
+        o["broker"]["threads"] = a.threads
+    if a.listen:
+        o["broker"]["listen"] = a.listen
+    if a.broker_id is not None:
+        o["broker"]["broker_id"] = a.broker_id
+    if a.no_pin:
+        o["broker"]["pin_cpus"] = False
+    if a.segment:
+        o["segment"]["name"] = a.segment
+    if a.keep_segment:
+        o["segment"]["keep"] = True
+    if a.blog_size is not None:
+        o["segment"]["blog_bytes_per_shard"] = a.blog_size
+    if a.pbr_slots is not None:
+        o["segment"]["pbr_slots"] = a.pbr_slots
+    if a.rcvlowat_cap is not None:
+        o["socket"]["rcvlowat_cap"] = a.rcvlowat_cap
+    if a.rcvbuf is not None:
+        o["socket"]["rcvbuf"] = a.rcvbuf
+    if a.log_level:
+        o["log"]["level"] = a.log_level
+    return {k: v for k, v in o.items() if v}
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from shardbroker import log as logmod
+    from shardbroker.supervisor.supervisor import Supervisor
+
+    cfg = config_mod.load(a.config, _run_overrides(a))
+    logmod.configure(cfg.log.level, cfg.log.format, role="supervisor")
+    sup = Supervisor(cfg, logmod.get("shardbroker.supervisor"))
+    sup.install_signals()
+    try:
+        sup.start()
+    except BaseException:
+        sup.abort()
+        raise
+    return sup.serve()
+
+
+def cmd_publish(a: argparse.Namespace) -> int:
+    from shardbroker.publisher import loadgen
+
+    host, port = config_mod.parse_hostport(a.connect, "--connect")
+    cpus = tuple(int(c) for c in a.cpus.split(",")) if a.cpus else ()
+    spec = loadgen.LoadSpec(
+        host=host, port=port, connections=a.connections, batch_bytes=a.batch_size,
+        message_size=a.message_size, total_bytes=a.total, duration_s=a.duration, topic=a.topic,
+        ack=a.ack, max_in_flight=a.max_in_flight, cpus=cpus,
+    )
+    summary = loadgen.run(spec, show_progress=loadgen.progress_wanted(a.json))
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print(f"published {summary['bytes'] / 2**20:.1f} MiB in {summary['batches']} batches "
+              f"({summary['messages']} messages, {summary['acked_messages']} acked) over "
+              f"{summary['connections']} connections in {summary['seconds']:.2f} s: "
+              f"{summary['gbps']:.2f} GB/s")
+        for err in summary["errors"]:
+            print(f"error: {err}", file=sys.stderr)
+    return 1 if summary["errors"] else 0
+
+
+def cmd_dump(a: argparse.Namespace) -> int:
+    from shardbroker.segment.inspect import dump_segment, render_dump
+
+    report = dump_segment(a.segment, verify=a.verify)
+    print(json.dumps(report) if a.json else render_dump(report))
+    return 0 if report.get("ok", True) else 1
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from shardbroker.demo import run_demo
+
+    return run_demo(duration_s=a.duration, connections=a.connections, threads=a.threads,
+                    batch_bytes=a.batch_size, message_size=a.message_size, as_json=a.json)
+
+
+COMMANDS = {"run": cmd_run, "publish": cmd_publish, "dump": cmd_dump, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ShardbrokerError as exc:
+        print(f"shardbroker {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"shardbroker {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,171 @@
+"""One typed configuration: built-in defaults <- TOML file (conf/broker.toml) <- CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardbroker.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int, key: str = "size") -> int:
+    """'2MiB', '512M', '4096' -> bytes (binary units: the segment and batches are binary)."""
+    if isinstance(text, int):
+        if text < 0:
+            raise ConfigError(key, f"{text} is negative")
+        return text
+    m = _SIZE.match(text)
+    if not m:
+        raise ConfigError(key, f"{text!r} is not a size", hint="write e.g. 4096, 64KiB, 2MiB, 1GiB")
+    unit = (m.group(2) or "").upper()[:1]
+    return int(m.group(1)) * _UNITS[unit]
+
+
+def parse_hostport(text: str, key: str = "listen") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f"{text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:1214 or [::1]:0")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class BrokerConfig:
+    listen: str = "127.0.0.1:1214"
+    threads: int = 0  # 0: one receiver per CPU this process may run on
+    broker_id: int = 0
+    backend: str = "epoll"
+    pin_cpus: bool = True
+    restart_backoff_s: float = 0.2
+
+
+@dataclass
+class SegmentConfig:
+    name: str = ""  # "" -> shardbroker-<pid>
+    pbr_slots: int = 16384
+    blog_bytes_per_shard: int = 512 << 20
+    prefault: bool = True
+    keep: bool = False
+    mode: int = 0o600
+
+
+@dataclass
+class SocketConfig:
+    rcvbuf: int = 0  # 0: leave kernel autotuning on (it grows to tcp_rmem[2])
+    rcvbuf_force: bool = False
+    rcvlowat_cap: int = 1 << 20  # 0 disables SO_RCVLOWAT
+    quickack: bool = True
+    nodelay: bool = True
+
+
+@dataclass
+class LimitsConfig:
+    max_batch_bytes: int = 16 << 20
+    max_messages_per_batch: int = 10_000
+    max_message_bytes: int = 1 << 20
+    validate_payload: bool = False
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"  # auto | json | console
+
+
+@dataclass
+class Config:
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    socket: SocketConfig = field(default_factory=SocketConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> Config:
+        parse_hostport(self.broker.listen, "broker.listen")
+        if self.broker.threads < 0:
+            raise ConfigError("broker.threads", "must be >= 0 (0 = one per allowed CPU)")
+        if not 0 <= self.broker.broker_id < (1 << 16):
+            raise ConfigError("broker.broker_id", "must fit 16 bits (it tops batch_id)")
+        if self.broker.backend not in ("epoll",):
+            raise ConfigError("broker.backend", f"{self.broker.backend!r} is not available",
+                              hint="use 'epoll'")
+        s = self.segment
+        if s.pbr_slots < 2:
+            raise ConfigError("segment.pbr_slots", "must be >= 2")
+        if s.blog_bytes_per_shard < (1 << 20) or s.blog_bytes_per_shard % 4096:
+            raise ConfigError("segment.blog_bytes_per_shard",
+                              "must be >= 1MiB and a multiple of 4096")
+        lim = self.limits
+        if lim.max_batch_bytes * 2 > s.blog_bytes_per_shard:
+            raise ConfigError(
+                "limits.max_batch_bytes",
+                f"{lim.max_batch_bytes} is more than half of segment.blog_bytes_per_shard "
+                f"({s.blog_bytes_per_shard})",
+                hint="raise segment.blog_bytes_per_shard or lower limits.max_batch_bytes",
+            )
+        if lim.max_batch_bytes < 64:
+            raise ConfigError("limits.max_batch_bytes", "must be >= 64")
+        if not 1 <= lim.max_messages_per_batch <= 1_000_000:
+            raise ConfigError("limits.max_messages_per_batch", "must be within 1..1000000")
+        if self.socket.rcvlowat_cap < 0 or self.socket.rcvbuf < 0:
+            raise ConfigError("socket", "sizes must be >= 0")
+        if self.log.format not in ("auto", "json", "console"):
+            raise ConfigError("log.format", "must be auto, json or console")
+        return self
+
+
+_SIZE_KEYS = {
+    ("segment", "blog_bytes_per_shard"), ("socket", "rcvbuf"), ("socket", "rcvlowat_cap"),
+    ("limits", "max_batch_bytes"), ("limits", "max_message_bytes"),
+}
+
+
+def _apply_section(obj: Any, section: str, values: dict[str, Any]) -> None:
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}", "unknown key",
+                              hint=f"known keys: {', '.join(sorted(known))}")
+        if (section, key) in _SIZE_KEYS:
+            value = parse_size(value, f"{section}.{key}")
+        expected = type(getattr(obj, key))
+        if expected is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{section}.{key}",
+                              f"expected {expected.__name__}, got {type(value).__name__}")
+        setattr(obj, key, value)
+
+
+def load(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
+         ) -> Config:
+    cfg = Config()
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"{path} does not exist",
+                              hint="see conf/broker.toml for an example") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    for section, values in list(data.items()) + list((overrides or {}).items()):
+        target = getattr(cfg, section, None)
+        if target is None or not dataclasses.is_dataclass(target):
+            raise ConfigError(section, "unknown section",
+                              hint="sections: broker, segment, socket, limits, log")
+        if not isinstance(values, dict):
+            raise ConfigError(section, "must be a table")
+        _apply_section(target, section, values)
+    return cfg.validate()
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

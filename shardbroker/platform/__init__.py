@@ -1,0 +1,1 @@
+"""Linux-specific calls (affinity, madvise, socket options by number, sysfs) live here."""

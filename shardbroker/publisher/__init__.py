@@ -1,0 +1,1 @@
+"""Publisher side: the Publisher library, pre-built batches, the load generator."""

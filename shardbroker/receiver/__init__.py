@@ -1,0 +1,1 @@
+"""Receiver processes: one per CPU, each the only writer of its shard of the segment."""

@@ -1,0 +1,63 @@
+"""Entry point of a receiver process: ``python -m shardbroker.receiver SPEC_JSON``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import time
+
+from shardbroker import config as config_mod
+from shardbroker import log as logmod
+from shardbroker.errors import ShardbrokerError
+from shardbroker.platform import linux
+from shardbroker.receiver.loop import ReceiveLoop
+from shardbroker.receiver.spec import ReceiverSpec
+from shardbroker.segment import shm
+from shardbroker.segment.writer import ShardWriter
+
+
+def _config(spec: ReceiverSpec) -> config_mod.Config:
+    return config_mod.load(None, overrides=spec.config)
+
+
+def main(argv: list[str]) -> int:
+    spec = ReceiverSpec.from_json(argv[1])
+    cfg = _config(spec)
+    logmod.configure(cfg.log.level, cfg.log.format, shard=spec.shard)
+    log = logmod.get("shardbroker.receiver")
+    # The supervisor owns shutdown: SIGINT from a terminal goes to the whole process group,
+    # and a receiver must not die mid-batch because of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = socket.socket(fileno=spec.control_fd)
+    try:
+        linux.die_with_parent()
+        if spec.cpu is not None and cfg.broker.pin_cpus:
+            linux.pin_to_cpu(spec.cpu)
+        mapped = shm.attach(spec.segment, writable=True)
+        writer = ShardWriter(mapped, spec.shard, spec.broker_id)
+        g = mapped.geometry
+        t0 = time.perf_counter()
+        # Map this shard's pages into this process now, not by faults on the receive path.
+        linux.populate_write(mapped.mm, g.shard_stride, g.shard_base(spec.shard))
+        populate_s = time.perf_counter() - t0
+    except ShardbrokerError as exc:
+        log.error("receiver.boot_failed", error=str(exc))
+        control.send(b"fail " + json.dumps({"error": str(exc)}).encode())
+        return 3
+    loop = ReceiveLoop(cfg, writer, control, log)
+    control.send(b"ready " + json.dumps({
+        "shard": spec.shard, "cpu": spec.cpu, "backend": loop.backend,
+        "allowed_cpus": linux.allowed_cpus(), "resumed_at_batch": writer.next_index,
+        "restarts": writer.restarts,
+    }).encode())
+    log.info("receiver.ready", cpu=spec.cpu, backend=loop.backend, populate_s=round(populate_s, 3),
+             resumed_at_batch=writer.next_index)
+    loop.run()
+    log.info("receiver.exit", recv_calls=loop.recv_calls, batches=writer.next_index)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

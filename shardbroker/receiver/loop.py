@@ -1,0 +1,478 @@
+"""The epoll receive loop of one receiver process (one shard, one CPU).
+
+For every readable connection it drains until EAGAIN: headers go into a 128-byte per-connection
+buffer, payloads are ``recv_into`` the space reserved in the shard's BLog (no staging copy).
+SO_RCVLOWAT is re-armed only when the loop is about to wait, to ``min(bytes left in the batch,
+cap)``: fewer wakeups per batch, and never more than the publisher is bound to send (a static
+value would stall a batch's tail when the publisher goes idle waiting for its ack).
+Statistics are plain int attributes, written to the shard header twice a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from shardbroker.config import Config
+from shardbroker.errors import SegmentError
+from shardbroker.platform import linux
+from shardbroker.receiver.connection import (
+    PHASE_HANDSHAKE,
+    PHASE_HEADER,
+    PHASE_PAYLOAD,
+    Connection,
+)
+from shardbroker.segment.writer import ShardWriter
+from shardbroker.wire.protocol import (
+    Limits,
+    ProtocolError,
+    Reason,
+    check_message_framing,
+    decode_batch_header,
+    encode_control_frame,
+    parse_handshake,
+)
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+LOWAT_MIN = 64 << 10  # below this a batch tail is read on the next wakeup anyway
+DRAIN_BUDGET = 16 << 20  # bytes per connection per wakeup, so one publisher cannot starve others
+STATS_INTERVAL_S = 0.5
+
+
+class ReceiveLoop:
+    def __init__(self, cfg: Config, writer: ShardWriter, control: socket.socket, log: Any,
+                 backend: str = "epoll") -> None:
+        self.cfg = cfg
+        self.writer = writer
+        self.buf = writer.buf
+        self.control = control
+        self.log = log
+        self.backend = backend
+        self.limits = Limits(cfg.limits.max_batch_bytes, cfg.limits.max_messages_per_batch,
+                             cfg.limits.max_message_bytes)
+        self.lowat_cap = cfg.socket.rcvlowat_cap
+        self.validate_payload = cfg.limits.validate_payload
+        self.ep = select.epoll()
+        self.conns: dict[int, Connection] = {}
+        self.ack_owner: dict[int, Connection] = {}  # back-channel ack fd -> its connection
+        self.in_flight: dict[int, Connection] = {}  # fd -> connection with a BLog reservation
+        self.stopping = False
+        self.stop_deadline = 0.0
+        # statistics (plain ints: the hot path must not pay for metrics)
+        self.recv_calls = 0
+        self.payload_recv_calls = 0
+        self.eagain = 0
+        self.wakeups = 0
+        self.connections_total = 0
+        self.rejected = 0
+        self.rejected_by_reason: Counter[str] = Counter()
+        self.disconnects_mid_batch = 0
+        self.rcvbuf_min = 0
+        self.rcvbuf_max = 0
+        self.lowat_sets = 0
+        self.acks_sent = 0
+        self.lapped_in_flight = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        self.ep.register(self.control.fileno(), EPOLLIN)
+        next_stats = time.monotonic() + STATS_INTERVAL_S
+        ctrl_fd = self.control.fileno()
+        conns = self.conns
+        try:
+            while True:
+                timeout = max(0.0, next_stats - time.monotonic())
+                try:
+                    events = self.ep.poll(timeout)
+                except InterruptedError:
+                    continue
+                if events:
+                    self.wakeups += 1
+                for fd, ev in events:
+                    conn = conns.get(fd)
+                    if conn is not None:
+                        if ev & EPOLLOUT:
+                            self._on_writable(conn)
+                        if ev & ~EPOLLOUT and fd in conns:
+                            self._on_readable(conn)
+                    elif fd == ctrl_fd:
+                        if not self._on_control():
+                            return
+                    else:
+                        owner = self.ack_owner.get(fd)
+                        if owner is not None:
+                            self._on_writable(owner)
+                now = time.monotonic()
+                if now >= next_stats:
+                    self.flush_stats()
+                    next_stats = now + STATS_INTERVAL_S
+                if self.stopping and (not conns or now >= self.stop_deadline):
+                    for c in list(conns.values()):
+                        self._close(c, "receiver.stop_deadline" if c.in_batch else "")
+                    return
+        finally:
+            self.flush_stats()
+            for c in list(conns.values()):
+                self._close(c, "")
+            self.ep.close()
+
+    def _on_control(self) -> bool:
+        """Messages from the supervisor. False: leave the loop."""
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(self.control, 256, 64)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except ConnectionError:
+            msg, fds = b"", []
+        if not msg:
+            self.log.warning("receiver.supervisor_gone")
+            for fd in fds:
+                os.close(fd)
+            return False
+        if msg.startswith(b"conn"):
+            for fd in fds:
+                self._adopt(fd)
+        elif msg.startswith(b"stop"):
+            self._begin_stop()
+        else:
+            for fd in fds:
+                os.close(fd)
+            self.log.warning("receiver.control.unknown", message=msg[:32].decode("latin-1"))
+        return True
+
+    def _begin_stop(self) -> None:
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + 5.0
+        for c in list(self.conns.values()):
+            if c.in_batch:
+                c.closing = True  # finish the batch in flight, then close
+            else:
+                self._close(c, "")
+        self.log.info("receiver.stopping", batches_in_flight=len(self.conns))
+
+    # ------------------------------------------------------------------ connections
+
+    def _adopt(self, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        if self.stopping:
+            sock.close()
+            return
+        sock.setblocking(False)
+        try:
+            peer = "{}:{}".format(*sock.getpeername()[:2])
+        except OSError:
+            peer = "?"
+        s = self.cfg.socket
+        if s.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if s.quickack:
+            linux.set_quickack(sock)  # not sticky; the kernel re-enters delayed-ack mode
+        if s.rcvbuf:
+            opt = linux.set_rcvbuf(sock, s.rcvbuf, force=s.rcvbuf_force)
+            if opt.applied is None:
+                self.log.warning("receiver.socket.rcvbuf_refused", requested=s.rcvbuf,
+                                 error=opt.error)
+            elif opt.applied < s.rcvbuf:
+                self.log.warning(
+                    "receiver.socket.rcvbuf_capped", requested=s.rcvbuf, applied=opt.applied,
+                    hint="raise net.core.rmem_max (tools/tune_kernel_buffers.sh --apply) "
+                         "or set socket.rcvbuf_force as root",
+                )
+        self._note_rcvbuf(sock)
+        conn = Connection(sock, peer)
+        self.conns[fd] = conn
+        self.connections_total += 1
+        self.ep.register(fd, EPOLLIN)
+
+    def _note_rcvbuf(self, sock: socket.socket) -> None:
+        try:
+            v = linux.rcvbuf(sock)
+        except OSError:
+            return
+        self.rcvbuf_min = v if not self.rcvbuf_min else min(self.rcvbuf_min, v)
+        self.rcvbuf_max = max(self.rcvbuf_max, v)
+
+    def _close(self, conn: Connection, reason: str) -> None:
+        fd = conn.fd
+        if self.conns.pop(fd, None) is None:
+            return
+        self.in_flight.pop(fd, None)
+        if conn.out_latest is not None or conn.out_partial:
+            # best effort: the last count still tells the publisher what is committed
+            with contextlib.suppress(OSError):
+                conn.flush_acks()
+        self._note_rcvbuf(conn.sock)
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(fd)
+        if conn.ack_sock is not None and conn.ack_sock is not conn.sock:
+            self.ack_owner.pop(conn.ack_sock.fileno(), None)
+            with contextlib.suppress(OSError, ValueError):
+                self.ep.unregister(conn.ack_sock.fileno())
+            conn.ack_sock.close()
+        conn.target = None
+        conn.sock.close()
+        if reason:
+            self.log.info("receiver.connection.closed", peer=conn.peer, reason=reason,
+                          batches=conn.batches)
+        with contextlib.suppress(OSError):
+            self.control.send(b"closed")
+
+    def _reject(self, conn: Connection, reason: str, detail: str) -> None:
+        """Close one connection for a violation: tell the publisher why, count it, log it."""
+        self.rejected += 1
+        self.rejected_by_reason[reason] += 1
+        self.log.warning("receiver.connection.rejected", peer=conn.peer, reason=reason,
+                         detail=detail, batches=conn.batches)
+        target = conn.ack_sock if conn.ack_sock is not None else conn.sock
+        try:
+            if conn.out_partial:
+                target.send(conn.out_partial)
+            target.send(encode_control_frame(f"{reason}: {detail}"))
+        except OSError:
+            pass
+        self._close(conn, "")
+
+    def _peer_closed(self, conn: Connection) -> None:
+        if conn.in_batch or (conn.phase == PHASE_HANDSHAKE and conn.hfill):
+            self.disconnects_mid_batch += 1
+            reason = (Reason.PEER_CLOSED_MID_HANDSHAKE if conn.phase == PHASE_HANDSHAKE
+                      else Reason.PEER_CLOSED_MID_BATCH)
+            self.log.warning("receiver.connection.closed_mid_batch", peer=conn.peer,
+                             reason=str(reason), batch_seq=conn.batch_seq,
+                             bytes_missing=conn.left)
+            self._close(conn, "")
+        else:
+            self._close(conn, "peer.closed")
+
+    # ------------------------------------------------------------------ receive path
+
+    def _on_readable(self, conn: Connection) -> None:
+        sock = conn.sock
+        budget = DRAIN_BUDGET
+        try:
+            while True:
+                if conn.phase == PHASE_PAYLOAD:
+                    try:
+                        n = sock.recv_into(conn.target, conn.left)  # type: ignore[arg-type]
+                    except BlockingIOError:
+                        self.recv_calls += 1
+                        self.payload_recv_calls += 1
+                        self.eagain += 1
+                        self._rearm_lowat(conn)
+                        break
+                    self.recv_calls += 1
+                    self.payload_recv_calls += 1
+                    if n == 0:
+                        self._peer_closed(conn)
+                        return
+                    left = conn.left - n
+                    conn.left = left
+                    budget -= n
+                    if left:
+                        conn.target = conn.target[n:]  # type: ignore[index]
+                        continue
+                    self._complete_batch(conn)
+                    if conn.closing:
+                        self._close(conn, "receiver.stop")
+                        return
+                    if budget <= 0:
+                        break
+                else:
+                    need = conn.header_need
+                    fill = conn.hfill
+                    try:
+                        n = sock.recv_into(conn.hview[fill: fill + need], need)
+                    except BlockingIOError:
+                        self.recv_calls += 1
+                        self.eagain += 1
+                        self._rearm_lowat(conn)
+                        break
+                    self.recv_calls += 1
+                    if n == 0:
+                        self._peer_closed(conn)
+                        return
+                    conn.hfill = fill + n
+                    if n < need:
+                        continue
+                    if conn.phase == PHASE_HANDSHAKE:
+                        self._on_handshake(conn)
+                    else:
+                        self._on_header(conn)
+        except ProtocolError as exc:
+            self._reject(conn, str(exc.reason), exc.detail)
+            return
+        except (ConnectionResetError, BrokenPipeError, TimeoutError) as exc:
+            self.disconnects_mid_batch += int(conn.in_batch)
+            self._close(conn, f"peer.{type(exc).__name__}")
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH):
+                self.disconnects_mid_batch += int(conn.in_batch)
+                self._close(conn, f"peer.{errno.errorcode.get(exc.errno or 0, 'error')}")
+                return
+            raise
+        if conn.out_latest is not None and not conn.want_write:
+            self._send_acks(conn)
+
+    def _rearm_lowat(self, conn: Connection) -> None:
+        """About to wait on this connection: wake only when this many bytes are queued."""
+        cap = self.lowat_cap
+        if not cap:
+            return
+        if conn.phase == PHASE_PAYLOAD:
+            left = conn.left
+            want = (left if left < cap else cap) if left >= LOWAT_MIN else 1
+        elif conn.lowat > conn.header_need:
+            want = 1
+        else:
+            return
+        if want != conn.lowat:
+            try:
+                linux.set_rcvlowat(conn.sock, want)
+            except OSError:
+                return
+            conn.lowat = want
+            self.lowat_sets += 1
+
+    def _on_handshake(self, conn: Connection) -> None:
+        hs = parse_handshake(conn.hview[:64])
+        conn.handshake = hs
+        conn.hfill = 0
+        conn.phase = PHASE_HEADER
+        try:
+            conn.topic_idx = self.writer.topic_index(hs.topic)
+        except SegmentError as exc:
+            raise ProtocolError(Reason.TOPIC_TABLE_FULL, exc.message) from exc
+        if hs.ack >= 1:
+            if hs.port == 0:
+                conn.ack_sock = conn.sock
+            else:
+                conn.ack_sock = self._connect_back(conn, hs.port)
+            conn.start_ack_stream(self.writer.broker_id)
+            self._send_acks(conn)
+        self.log.debug("receiver.connection.handshake", peer=conn.peer, client_id=hs.client_id,
+                       topic=hs.topic, ack=hs.ack, ack_port=hs.port)
+
+    def _connect_back(self, conn: Connection, port: int) -> socket.socket:
+        """Embarcadero style: acks go to a listener the publisher opened at ``port``."""
+        host = conn.sock.getpeername()[0]
+        try:
+            # Bounded: this blocks the loop, so only briefly, once per such connection.
+            ack = socket.create_connection((host, port), timeout=1.0)
+        except OSError as exc:
+            raise ProtocolError(Reason.ACK_CONNECT_FAILED,
+                                f"cannot connect back to {host}:{port}: {exc}") from exc
+        ack.setblocking(False)
+        ack.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return ack
+
+    def _on_header(self, conn: Connection) -> None:
+        hs = conn.handshake
+        assert hs is not None
+        hdr = decode_batch_header(conn.hbuf, hs.client_id, self.limits)
+        conn.hfill = 0
+        size = hdr.total_size
+        res = self.writer.reserve(size)
+        if self.in_flight:
+            self._abort_lapped()
+        conn.res = res
+        conn.target = self.buf[res.log_idx: res.log_idx + size]
+        conn.left = size
+        conn.batch_seq = hdr.batch_seq
+        conn.orig_seq = hdr.original_client_batch_seq
+        conn.num_msg = hdr.num_msg
+        conn.session_epoch = hdr.session_epoch
+        conn.phase = PHASE_PAYLOAD
+        self.in_flight[conn.fd] = conn
+
+    def _abort_lapped(self) -> None:
+        """A new reservation reclaimed BLog bytes a slow connection is still receiving into:
+        that batch can never be committed, and its socket must stop writing there now."""
+        reclaim = self.writer.reclaim
+        for c in list(self.in_flight.values()):
+            if c.res is not None and c.res.blog_abs < reclaim:
+                self.lapped_in_flight += 1
+                self._reject(c, str(Reason.LAPPED_IN_FLIGHT),
+                             f"batch {c.batch_seq} was overwritten by newer data before it "
+                             "arrived in full; the publisher is too slow for the ring size")
+
+    def _complete_batch(self, conn: Connection) -> None:
+        res = conn.res
+        assert res is not None
+        self.in_flight.pop(conn.fd, None)
+        if self.validate_payload:
+            view = self.buf[res.log_idx: res.log_idx + res.size]
+            try:
+                check_message_framing(view, conn.num_msg, self.limits)
+            finally:
+                view.release()
+        conn.target = None
+        conn.res = None
+        conn.phase = PHASE_HEADER
+        hs = conn.handshake
+        assert hs is not None
+        self.writer.commit(res, conn.batch_seq, conn.orig_seq, hs.client_id, conn.num_msg,
+                           conn.session_epoch, conn.topic_idx)
+        conn.batches += 1
+        if conn.ack_sock is not None:
+            conn.acked += conn.num_msg
+            conn.out_latest = conn.acked
+
+    # ------------------------------------------------------------------ acks
+
+    def _send_acks(self, conn: Connection) -> None:
+        try:
+            done = conn.flush_acks()
+        except OSError as exc:
+            self._close(conn, f"ack.send_failed:{exc.strerror}")
+            return
+        self.acks_sent += 1
+        if not done:
+            self._want_write(conn, True)
+
+    def _on_writable(self, conn: Connection) -> None:
+        try:
+            done = conn.flush_acks()
+        except OSError as exc:
+            self._close(conn, f"ack.send_failed:{exc.strerror}")
+            return
+        if done:
+            self._want_write(conn, False)
+
+    def _want_write(self, conn: Connection, on: bool) -> None:
+        if conn.want_write == on or conn.ack_sock is None:
+            return
+        conn.want_write = on
+        ack = conn.ack_sock
+        if ack is conn.sock:
+            self.ep.modify(conn.fd, EPOLLIN | (EPOLLOUT if on else 0))
+        elif on:
+            self.ack_owner[ack.fileno()] = conn
+            self.ep.register(ack.fileno(), EPOLLOUT)
+        else:
+            self.ack_owner.pop(ack.fileno(), None)
+            self.ep.unregister(ack.fileno())
+
+    # ------------------------------------------------------------------ statistics
+
+    def stats_tuple(self) -> tuple[int, ...]:
+        return (
+            self.recv_calls, self.payload_recv_calls, self.eagain, self.wakeups,
+            len(self.conns), self.connections_total, self.rejected, self.disconnects_mid_batch,
+            self.rcvbuf_min, self.rcvbuf_max, self.lowat_sets, self.acks_sent,
+            self.lapped_in_flight,
+        )
+
+    def flush_stats(self) -> None:
+        for c in self.conns.values():
+            self._note_rcvbuf(c.sock)
+        self.writer.write_stats(self.stats_tuple())
+        self.writer.heartbeat()

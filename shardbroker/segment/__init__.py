@@ -1,0 +1,1 @@
+"""The shared-memory segment: layout (pure), lifecycle, single writer, readers."""

@@ -1,0 +1,317 @@
+"""Byte layout of the shared-memory "CXL" segment. Pure: buffers in, records out.
+
+All integers little-endian. Offsets are from the start of the segment unless noted.
+
+Segment header (page 0, 4096 bytes)::
+
+    off  size  field
+      0     8  magic            b"SBSEG\\x00v1"
+      8     4  version          1
+     12     4  shard_count
+     16     8  pbr_slots        PBR ring slots per shard
+     24     8  blog_bytes       BLog ring bytes per shard
+     32     8  shard_stride     bytes from one shard's start to the next
+     40     8  shards_offset    offset of shard 0 (4096)
+     48     8  total_bytes      size of the whole segment
+     56     4  broker_id
+     60     4  flags            bit 0: prefaulted and serving; bit 1: closed cleanly
+     64     8  created_ns       CLOCK_REALTIME ns
+     72     8  supervisor_pid
+     80     8  generation       bumped each time a supervisor (re)attaches
+
+Shard s starts at ``shards_offset + s * shard_stride``:
+
+Shard header (4096 bytes, offsets from the shard start)::
+
+      0     8  magic            b"SBSHARD1"
+      8     4  shard_id
+     12     4  writer_pid       the receiver process that owns (is the only writer of) it
+     16     8  pbr_offset       segment offset of this shard's PBR ring
+     24     8  blog_offset      segment offset of this shard's BLog ring
+     32     8  pbr_committed    batches committed so far = next pbr_absolute_index (never wraps)
+     40     8  blog_head        absolute BLog byte position after the newest reservation
+     48     8  blog_reclaim     absolute BLog position below which bytes may be overwritten;
+                                advanced *before* a reservation that laps them is written
+     56     8  messages         messages committed so far (next start_logical_offset)
+     64     8  bytes            payload bytes committed so far
+     72     8  heartbeat_ns     CLOCK_MONOTONIC ns of the writer's last heartbeat
+     80     8  restarts         how many times a writer re-attached to this shard
+     88     4  topic_count      entries used in the topic table
+     92     4  (pad)
+    128   8*N  statistics       u64 counters, names in STAT_FIELDS, written by the receiver
+    256  2048  topic table      64 entries of 32 bytes, NUL-padded topic names
+
+PBR ring: ``pbr_slots`` slots of 128 bytes at ``pbr_offset`` (page aligned). A slot is the
+BatchHeader of wire/protocol.py completed by the broker; its 16 pad bytes carry::
+
+    112     8  blog_abs         absolute BLog position of the payload (for lap detection)
+    120     4  topic_index      index into the shard's topic table
+    124     4  (reserved)
+
+BLog ring: ``blog_bytes`` at ``blog_offset`` (page aligned). A payload is contiguous: when it
+would straddle the ring's end, the writer skips to the start (the tail becomes padding).
+
+Commit protocol (single writer per shard; x86 keeps stores in order, so a reader that sees
+``publish_commit == pbr_absolute_index`` sees the whole slot and payload):
+payload complete -> slot written with publish_commit = UINT64_MAX -> batch_complete = 1 ->
+publish_commit = pbr_absolute_index -> shard header pbr_committed/messages/bytes.
+A reader re-checks ``publish_commit`` and ``blog_reclaim <= blog_abs`` *after* using a batch;
+a batch that fails either check was lapped and is never reported as valid.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from shardbroker.wire.protocol import BATCH_HEADER, BATCH_HEADER_SIZE, UINT64_MAX
+
+PAGE = 4096
+SEGMENT_MAGIC = b"SBSEG\x00v1"
+SHARD_MAGIC = b"SBSHARD1"
+VERSION = 1
+
+SEGMENT_HEADER = struct.Struct("<8sIIQQQQQIIQQQ")
+SEGMENT_HEADER_SIZE = PAGE
+SHARD_HEADER = struct.Struct("<8sIIQQQQQQQQQI4x")
+SHARD_HEADER_SIZE = PAGE
+
+FLAG_SERVING = 1
+FLAG_CLOSED_CLEANLY = 2
+
+# shard-header field offsets the writer updates in place
+SH_WRITER_PID = 12
+SH_PBR_COMMITTED = 32
+SH_BLOG_HEAD = 40
+SH_BLOG_RECLAIM = 48
+SH_MESSAGES = 56
+SH_BYTES = 64
+SH_HEARTBEAT = 72
+SH_RESTARTS = 80
+SH_TOPIC_COUNT = 88
+SH_STATS = 128
+SH_TOPICS = 256
+TOPIC_ENTRY = 32
+TOPIC_SLOTS = 64
+
+STAT_FIELDS: tuple[str, ...] = (
+    "recv_calls",  # recv_into calls that returned data or EAGAIN, all phases
+    "payload_recv_calls",  # recv_into calls made while receiving payloads
+    "eagain",  # recv_into calls that returned EAGAIN
+    "wakeups",  # epoll_wait returns with at least one event
+    "connections_open",
+    "connections_total",
+    "rejected",  # connections closed for a protocol violation
+    "disconnects_mid_batch",  # peers that closed or reset with a batch in flight
+    "rcvbuf_min",  # smallest effective SO_RCVBUF over connections (bytes, kernel's value)
+    "rcvbuf_max",
+    "lowat_sets",  # SO_RCVLOWAT setsockopt calls
+    "acks_sent",
+    "lapped_in_flight",  # batches abandoned because the ring lapped them mid-receive
+)
+STATS = struct.Struct("<" + "Q" * len(STAT_FIELDS))
+assert SH_STATS + STATS.size <= SH_TOPICS
+assert SH_TOPICS + TOPIC_SLOTS * TOPIC_ENTRY <= SHARD_HEADER_SIZE
+
+# PBR slot extension in the header's pad bytes
+SLOT_BLOG_ABS = 112
+SLOT_TOPIC_INDEX = 120
+SLOT_EXT = struct.Struct("<QI4x")
+SLOT_PUBLISH_COMMIT = 104
+SLOT_BATCH_COMPLETE = 24
+U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")
+
+assert BATCH_HEADER_SIZE == 128
+
+
+def round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Sizes that fix the segment's layout."""
+
+    shard_count: int
+    pbr_slots: int
+    blog_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.shard_count < 1:
+            raise ValueError("shard_count must be >= 1")
+        if self.pbr_slots < 2:
+            raise ValueError("pbr_slots must be >= 2")
+        if self.blog_bytes < PAGE or self.blog_bytes % PAGE:
+            raise ValueError(f"blog_bytes must be a positive multiple of {PAGE}")
+
+    @property
+    def pbr_bytes(self) -> int:
+        return round_up(self.pbr_slots * BATCH_HEADER_SIZE, PAGE)
+
+    @property
+    def shard_stride(self) -> int:
+        return SHARD_HEADER_SIZE + self.pbr_bytes + self.blog_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return SEGMENT_HEADER_SIZE + self.shard_count * self.shard_stride
+
+    def shard_base(self, shard: int) -> int:
+        if not 0 <= shard < self.shard_count:
+            raise IndexError(f"shard {shard} out of range 0..{self.shard_count - 1}")
+        return SEGMENT_HEADER_SIZE + shard * self.shard_stride
+
+    def pbr_offset(self, shard: int) -> int:
+        return self.shard_base(shard) + SHARD_HEADER_SIZE
+
+    def blog_offset(self, shard: int) -> int:
+        return self.pbr_offset(shard) + self.pbr_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    geometry: Geometry
+    broker_id: int
+    flags: int
+    created_ns: int
+    supervisor_pid: int
+    generation: int
+
+
+def write_segment_header(buf: memoryview, g: Geometry, broker_id: int, created_ns: int,
+                         supervisor_pid: int) -> None:
+    """Lay out a fresh segment: segment header plus every shard header."""
+    SEGMENT_HEADER.pack_into(
+        buf, 0, SEGMENT_MAGIC, VERSION, g.shard_count, g.pbr_slots, g.blog_bytes,
+        g.shard_stride, SEGMENT_HEADER_SIZE, g.total_bytes, broker_id, 0, created_ns,
+        supervisor_pid, 0,
+    )
+    for s in range(g.shard_count):
+        base = g.shard_base(s)
+        SHARD_HEADER.pack_into(
+            buf, base, SHARD_MAGIC, s, 0, g.pbr_offset(s), g.blog_offset(s),
+            0, 0, 0, 0, 0, 0, 0, 0,
+        )
+        # Mark every slot "not committed" so no stale slot can ever look committed.
+        pbr = g.pbr_offset(s)
+        for i in range(g.pbr_slots):
+            U64.pack_into(buf, pbr + i * BATCH_HEADER_SIZE + SLOT_PUBLISH_COMMIT, UINT64_MAX)
+
+
+class LayoutError(ValueError):
+    pass
+
+
+def read_segment_header(buf: memoryview | bytes) -> SegmentHeader:
+    (magic, version, shard_count, pbr_slots, blog_bytes, stride, shards_off, total,
+     broker_id, flags, created_ns, sup_pid, generation) = SEGMENT_HEADER.unpack_from(buf, 0)
+    if magic != SEGMENT_MAGIC:
+        raise LayoutError(f"bad segment magic {magic!r}: not a shardbroker segment")
+    if version != VERSION:
+        raise LayoutError(f"segment layout version {version}, this code reads {VERSION}")
+    g = Geometry(shard_count, pbr_slots, blog_bytes)
+    if stride != g.shard_stride or shards_off != SEGMENT_HEADER_SIZE or total != g.total_bytes:
+        raise LayoutError("segment header geometry is inconsistent")
+    if len(buf) < total:
+        raise LayoutError(f"segment is {len(buf)} bytes, header says {total}")
+    return SegmentHeader(g, broker_id, flags, created_ns, sup_pid, generation)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardState:
+    shard_id: int
+    writer_pid: int
+    pbr_committed: int
+    blog_head: int
+    blog_reclaim: int
+    messages: int
+    bytes: int
+    heartbeat_ns: int
+    restarts: int
+    topic_count: int
+
+
+def read_shard_state(buf: memoryview | bytes, g: Geometry, shard: int) -> ShardState:
+    base = g.shard_base(shard)
+    f = SHARD_HEADER.unpack_from(buf, base)
+    if f[0] != SHARD_MAGIC:
+        raise LayoutError(f"bad shard magic at shard {shard}")
+    return ShardState(f[1], f[2], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12])
+
+
+def read_stats(buf: memoryview | bytes, g: Geometry, shard: int) -> dict[str, int]:
+    return dict(zip(STAT_FIELDS, STATS.unpack_from(buf, g.shard_base(shard) + SH_STATS),
+                    strict=True))
+
+
+def read_topics(buf: memoryview | bytes, g: Geometry, shard: int) -> list[str]:
+    base = g.shard_base(shard)
+    (count,) = U32.unpack_from(buf, base + SH_TOPIC_COUNT)
+    out = []
+    for i in range(min(count, TOPIC_SLOTS)):
+        off = base + SH_TOPICS + i * TOPIC_ENTRY
+        raw = bytes(buf[off: off + TOPIC_ENTRY])
+        out.append(raw.split(b"\0", 1)[0].decode("ascii", "replace"))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A PBR slot as read; ``committed_as(i)`` tells whether it holds committed batch i."""
+
+    batch_seq: int
+    client_id: int
+    num_msg: int
+    batch_complete: int
+    broker_id: int
+    flags: int
+    batch_id: int
+    pbr_absolute_index: int
+    total_size: int
+    start_logical_offset: int
+    log_idx: int
+    publish_commit: int
+    blog_abs: int
+    topic_index: int
+
+    def committed_as(self, index: int) -> bool:
+        return (self.publish_commit == index and self.pbr_absolute_index == index
+                and self.batch_complete == 1)
+
+
+def slot_offset(g: Geometry, shard: int, index: int) -> int:
+    return g.pbr_offset(shard) + (index % g.pbr_slots) * BATCH_HEADER_SIZE
+
+
+def read_slot(buf: memoryview | bytes, g: Geometry, shard: int, index: int) -> Slot:
+    off = slot_offset(g, shard, index)
+    f = BATCH_HEADER.unpack_from(buf, off)
+    blog_abs, topic_index = SLOT_EXT.unpack_from(buf, off + SLOT_BLOG_ABS)
+    return Slot(
+        batch_seq=f[0], client_id=f[2], num_msg=f[3], batch_complete=f[4], broker_id=f[5],
+        flags=f[7], batch_id=f[11], pbr_absolute_index=f[12], total_size=f[13],
+        start_logical_offset=f[14], log_idx=f[15], publish_commit=f[18],
+        blog_abs=blog_abs, topic_index=topic_index,
+    )
+
+
+def slot_publish_commit(buf: memoryview | bytes, g: Geometry, shard: int, index: int) -> int:
+    return int(U64.unpack_from(buf, slot_offset(g, shard, index) + SLOT_PUBLISH_COMMIT)[0])
+
+
+def blog_reclaim(buf: memoryview | bytes, g: Geometry, shard: int) -> int:
+    return int(U64.unpack_from(buf, g.shard_base(shard) + SH_BLOG_RECLAIM)[0])
+
+
+def place_in_blog(head: int, size: int, blog_bytes: int) -> int:
+    """Absolute start for a ``size``-byte payload reserved at ``head``: contiguous in the ring.
+
+    When the payload would straddle the ring's end it starts at the next lap instead.
+    """
+    if size > blog_bytes:
+        raise ValueError(f"payload of {size} bytes cannot fit a {blog_bytes}-byte BLog")
+    phys = head % blog_bytes
+    if phys + size > blog_bytes:
+        return head + (blog_bytes - phys)
+    return head

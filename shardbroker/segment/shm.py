@@ -1,0 +1,147 @@
+"""POSIX shared-memory segment lifecycle: create (supervisor only), attach, prefault, unlink.
+
+posix_ipc is used rather than multiprocessing.shared_memory because on Python 3.11 the stdlib
+registers *attachers* with the resource tracker, which may unlink the segment when an attacher
+exits (CPython issue 82300). Here only the supervisor that created a segment unlinks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import time
+from dataclasses import dataclass
+
+import posix_ipc
+
+from shardbroker.errors import SegmentError
+from shardbroker.platform import linux
+from shardbroker.segment.layout import (
+    FLAG_CLOSED_CLEANLY,
+    FLAG_SERVING,
+    SEGMENT_HEADER,
+    U32,
+    Geometry,
+    SegmentHeader,
+    read_segment_header,
+    write_segment_header,
+)
+
+_FLAGS_OFFSET = 60
+
+
+def shm_name(name: str) -> str:
+    """posix_ipc wants a leading slash; operators type names without one."""
+    bare = name.lstrip("/")
+    if not bare or "/" in bare or len(bare) > 200:
+        raise SegmentError(
+            f"invalid segment name {name!r}", hint="use letters, digits, '-', '_' (no '/')"
+        )
+    return "/" + bare
+
+
+@dataclass
+class Mapped:
+    """A mapped segment. ``buf`` is a memoryview of the whole mapping."""
+
+    name: str
+    mm: mmap.mmap
+    buf: memoryview
+    header: SegmentHeader
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.header.geometry
+
+    def close(self) -> None:
+        self.buf.release()
+        # A caller may still hold a payload view; the mapping then goes with the last view.
+        with contextlib.suppress(BufferError):
+            self.mm.close()
+
+
+def create(name: str, g: Geometry, broker_id: int = 0, mode: int = 0o600) -> Mapped:
+    """Create a new segment exclusively, lay it out. The caller owns (and must unlink) it."""
+    try:
+        shm = posix_ipc.SharedMemory(shm_name(name), posix_ipc.O_CREX, mode=mode,
+                                     size=g.total_bytes)
+    except posix_ipc.ExistentialError as exc:
+        raise SegmentError(
+            f"segment {name!r} already exists",
+            hint=f"pick another --segment, or remove a stale one with `rm /dev/shm/{name}` "
+                 "after checking no broker uses it (or `shardbroker run --recover` it)",
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise SegmentError(
+            f"cannot create segment {name!r} of {g.total_bytes} bytes: {exc}",
+            hint="check free space in /dev/shm (`df -h /dev/shm`; containers need --shm-size)",
+        ) from exc
+    try:
+        mm = mmap.mmap(shm.fd, g.total_bytes)
+    finally:
+        shm.close_fd()
+    buf = memoryview(mm)
+    write_segment_header(buf, g, broker_id, time.time_ns(), os.getpid())
+    return Mapped(name, mm, buf, read_segment_header(buf))
+
+
+def attach(name: str, writable: bool = True) -> Mapped:
+    """Map an existing segment (receivers read-write, consumers read-only)."""
+    try:
+        shm = posix_ipc.SharedMemory(shm_name(name), 0, read_only=not writable)
+    except posix_ipc.ExistentialError as exc:
+        raise SegmentError(
+            f"segment {name!r} does not exist",
+            hint="check the name in the broker's ready line or `ls /dev/shm`",
+        ) from exc
+    except posix_ipc.PermissionsError as exc:
+        raise SegmentError(f"no permission to open segment {name!r}",
+                           hint="run as the broker's user or group") from exc
+    try:
+        size = shm.size
+        if size < SEGMENT_HEADER.size:
+            raise SegmentError(f"segment {name!r} is only {size} bytes", hint="not a segment")
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        mm = mmap.mmap(shm.fd, size, prot=prot)
+    finally:
+        shm.close_fd()
+    buf = memoryview(mm)
+    try:
+        header = read_segment_header(buf)
+    except ValueError as exc:
+        buf.release()
+        mm.close()
+        raise SegmentError(f"segment {name!r}: {exc}", hint="is this a shardbroker segment?") \
+            from exc
+    return Mapped(name, mm, buf, header)
+
+
+def unlink(name: str) -> bool:
+    """Remove the segment's name; mappings stay valid until unmapped. False if already gone."""
+    try:
+        posix_ipc.unlink_shared_memory(shm_name(name))
+    except posix_ipc.ExistentialError:
+        return False
+    return True
+
+
+def prefault(m: Mapped) -> float:
+    """Touch every page before traffic (first-touch faults cost ~1.7 GB/s here). Seconds taken."""
+    t0 = time.perf_counter()
+    linux.populate_write(m.mm, m.geometry.total_bytes)
+    return time.perf_counter() - t0
+
+
+def set_flags(m: Mapped, set_bits: int = 0, clear_bits: int = 0) -> None:
+    (flags,) = U32.unpack_from(m.buf, _FLAGS_OFFSET)
+    U32.pack_into(m.buf, _FLAGS_OFFSET, (flags | set_bits) & ~clear_bits)
+
+
+def mark_serving(m: Mapped) -> None:
+    set_flags(m, FLAG_SERVING, FLAG_CLOSED_CLEANLY)
+
+
+def mark_closed(m: Mapped) -> None:
+    set_flags(m, FLAG_CLOSED_CLEANLY, FLAG_SERVING)
+

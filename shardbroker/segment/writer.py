@@ -1,0 +1,140 @@
+"""The single writer of one shard: BLog reservations, PBR commits, counters, topics.
+
+Only the receiver process that owns a shard creates a ShardWriter for it, so reservation needs
+no cross-process lock. State lives in plain ints and is mirrored into the shard header with
+single stores in the order the layout's commit protocol requires.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from shardbroker.errors import SegmentError
+from shardbroker.segment.layout import (
+    SH_BLOG_HEAD,
+    SH_BLOG_RECLAIM,
+    SH_BYTES,
+    SH_HEARTBEAT,
+    SH_MESSAGES,
+    SH_PBR_COMMITTED,
+    SH_RESTARTS,
+    SH_STATS,
+    SH_TOPIC_COUNT,
+    SH_TOPICS,
+    SH_WRITER_PID,
+    SLOT_BATCH_COMPLETE,
+    SLOT_BLOG_ABS,
+    SLOT_EXT,
+    SLOT_PUBLISH_COMMIT,
+    STATS,
+    TOPIC_ENTRY,
+    TOPIC_SLOTS,
+    U32,
+    U64,
+    place_in_blog,
+    read_shard_state,
+    read_topics,
+)
+from shardbroker.segment.shm import Mapped
+from shardbroker.wire.protocol import BATCH_HEADER, BATCH_HEADER_SIZE, UINT64_MAX
+
+
+@dataclass(slots=True)
+class Reservation:
+    blog_abs: int  # absolute, never-wrapping BLog position
+    log_idx: int  # byte offset of the payload in the segment
+    size: int
+
+
+class ShardWriter:
+    def __init__(self, m: Mapped, shard: int, broker_id: int) -> None:
+        g = m.geometry
+        self.shard = shard
+        self.broker_id = broker_id
+        self.buf = m.buf
+        self.base = g.shard_base(shard)
+        self.pbr_off = g.pbr_offset(shard)
+        self.slots = g.pbr_slots
+        self.blog_off = g.blog_offset(shard)
+        self.blog_bytes = g.blog_bytes
+        st = read_shard_state(m.buf, g, shard)
+        # Continue after whatever a previous writer of this shard committed.
+        self.next_index = st.pbr_committed
+        self.head = st.blog_head
+        self.reclaim = st.blog_reclaim
+        self.messages = st.messages
+        self.bytes = st.bytes
+        self.restarts = st.restarts + (1 if st.writer_pid else 0)
+        self._topics = {name: i for i, name in enumerate(read_topics(m.buf, g, shard))}
+        U32.pack_into(self.buf, self.base + SH_WRITER_PID, os.getpid())
+        U64.pack_into(self.buf, self.base + SH_RESTARTS, self.restarts)
+        # Space a dead writer reserved but never committed is abandoned, never reused:
+        # the head already points past it.
+        self.heartbeat()
+
+    def topic_index(self, topic: str) -> int:
+        idx = self._topics.get(topic)
+        if idx is not None:
+            return idx
+        idx = len(self._topics)
+        if idx >= TOPIC_SLOTS:
+            raise SegmentError(
+                f"shard {self.shard} topic table is full ({TOPIC_SLOTS} topics)",
+                hint="use fewer topics per broker node",
+            )
+        raw = topic.encode("ascii")[: TOPIC_ENTRY - 1].ljust(TOPIC_ENTRY, b"\0")
+        off = self.base + SH_TOPICS + idx * TOPIC_ENTRY
+        self.buf[off: off + TOPIC_ENTRY] = raw
+        U32.pack_into(self.buf, self.base + SH_TOPIC_COUNT, idx + 1)
+        self._topics[topic] = idx
+        return idx
+
+    def reserve(self, size: int) -> Reservation:
+        """Reserve ``size`` contiguous BLog bytes. Advances ``reclaim`` before returning, so
+        readers stop trusting the bytes this reservation is about to overwrite."""
+        start = place_in_blog(self.head, size, self.blog_bytes)
+        end = start + size
+        lapped_up_to = end - self.blog_bytes
+        if lapped_up_to > self.reclaim:
+            self.reclaim = lapped_up_to
+            U64.pack_into(self.buf, self.base + SH_BLOG_RECLAIM, lapped_up_to)
+        self.head = end
+        U64.pack_into(self.buf, self.base + SH_BLOG_HEAD, end)
+        return Reservation(start, self.blog_off + start % self.blog_bytes, size)
+
+    def is_lapped(self, r: Reservation) -> bool:
+        return r.blog_abs < self.reclaim
+
+    def commit(self, r: Reservation, batch_seq: int, orig_seq: int, client_id: int,
+               num_msg: int, session_epoch: int, topic_idx: int) -> int:
+        """Publish a batch whose payload is complete in ``r``. Returns its pbr index."""
+        idx = self.next_index
+        off = self.pbr_off + (idx % self.slots) * BATCH_HEADER_SIZE
+        buf = self.buf
+        # 1. invalidate the slot, so a reader racing us never pairs old and new fields
+        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, UINT64_MAX)
+        # 2. the whole slot, still marked not committed
+        BATCH_HEADER.pack_into(
+            buf, off, batch_seq, orig_seq, client_id, num_msg, 0, self.broker_id, 0, 0, 0,
+            session_epoch, 0, (self.broker_id << 48) | idx, idx, r.size, self.messages,
+            r.log_idx, 0, 0, UINT64_MAX,
+        )
+        SLOT_EXT.pack_into(buf, off + SLOT_BLOG_ABS, r.blog_abs, topic_idx)
+        # 3. batch_complete, then 4. publish_commit last (x86: stores become visible in order)
+        U32.pack_into(buf, off + SLOT_BATCH_COMPLETE, 1)
+        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, idx)
+        self.next_index = idx + 1
+        self.messages += num_msg
+        self.bytes += r.size
+        U64.pack_into(buf, self.base + SH_MESSAGES, self.messages)
+        U64.pack_into(buf, self.base + SH_BYTES, self.bytes)
+        U64.pack_into(buf, self.base + SH_PBR_COMMITTED, idx + 1)
+        return idx
+
+    def heartbeat(self) -> None:
+        U64.pack_into(self.buf, self.base + SH_HEARTBEAT, time.monotonic_ns())
+
+    def write_stats(self, values: tuple[int, ...]) -> None:
+        STATS.pack_into(self.buf, self.base + SH_STATS, *values)

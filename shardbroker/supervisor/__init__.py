@@ -1,0 +1,1 @@
+"""The supervisor process: segment owner, acceptor, receiver spawner and reaper."""

@@ -1,0 +1,1 @@
+"""Embarcadero publish protocol: framing and validation (pure)."""

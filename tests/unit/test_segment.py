@@ -1,0 +1,195 @@
+"""Segment layout, single writer and SegmentReader (shared memory, no sockets)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from shardbroker import SegmentReader
+from shardbroker.errors import SegmentError
+from shardbroker.segment import layout, shm
+from shardbroker.segment.writer import ShardWriter
+from shardbroker.wire.protocol import encode_messages
+
+
+@pytest.fixture
+def segment_name() -> Iterator[str]:
+    name = f"shardbroker-test-{os.getpid()}-{os.urandom(3).hex()}"
+    yield name
+    shm.unlink(name)
+
+
+def _publish(w: ShardWriter, client: int, seq: int, msgs: list[bytes], topic: int = 0) -> int:
+    payload = encode_messages(msgs, client, seq)
+    r = w.reserve(len(payload))
+    w.buf[r.log_idx: r.log_idx + len(payload)] = payload
+    return w.commit(r, seq, 0, client, len(msgs), 0, topic)
+
+
+def test_geometry_is_page_aligned() -> None:
+    g = layout.Geometry(3, 100, 1 << 20)
+    for s in range(3):
+        assert g.pbr_offset(s) % layout.PAGE == 0
+        assert g.blog_offset(s) % layout.PAGE == 0
+    assert g.total_bytes == layout.PAGE + 3 * g.shard_stride
+    with pytest.raises(IndexError):
+        g.shard_base(3)
+    with pytest.raises(ValueError):
+        layout.Geometry(1, 100, 1000)
+
+
+def test_place_in_blog_never_straddles() -> None:
+    assert layout.place_in_blog(0, 100, 1000) == 0
+    assert layout.place_in_blog(950, 100, 1000) == 1000  # skip the 50-byte tail
+    assert layout.place_in_blog(1900, 100, 1000) == 1900
+    with pytest.raises(ValueError):
+        layout.place_in_blog(0, 1001, 1000)
+
+
+def test_write_read_commit_order(segment_name: str) -> None:
+    g = layout.Geometry(2, 16, 1 << 20)
+    m = shm.create(segment_name, g, broker_id=3)
+    try:
+        w = ShardWriter(m, 1, broker_id=3)
+        t = w.topic_index("orders")
+        assert _publish(w, 11, 0, [b"hello", b"world"], t) == 0
+        assert _publish(w, 11, 1, [b"!" * 300], t) == 1
+        with SegmentReader(segment_name) as r:
+            assert r.shard_count == 2
+            assert list(r.batches(0)) == []
+            got = list(r.batches())
+            assert [b.index for b in got] == [0, 1]
+            b0 = got[0]
+            assert (b0.shard, b0.batch_seq, b0.client_id, b0.num_msg) == (1, 0, 11, 2)
+            assert b0.topic == "orders"
+            assert b0.batch_id == (3 << 48) | 0
+            assert b0.slot.publish_commit == 0 and b0.slot.batch_complete == 1
+            assert [bytes(x.data) for x in b0.messages()] == [b"hello", b"world"]
+            assert got[1].start_logical_offset == 2  # shard-cumulative message index
+            assert b0.still_valid()
+            st = r.shard_state(1)
+            assert (st.pbr_committed, st.messages) == (2, 3)
+            del got, b0
+    finally:
+        m.close()
+
+
+def test_uncommitted_reservation_is_invisible(segment_name: str) -> None:
+    m = shm.create(segment_name, layout.Geometry(1, 16, 1 << 20))
+    try:
+        w = ShardWriter(m, 0, 0)
+        _publish(w, 1, 0, [b"a"])
+        r_ = w.reserve(4096)  # a batch in flight: reserved, partly written, never committed
+        w.buf[r_.log_idx: r_.log_idx + 10] = b"x" * 10
+        with SegmentReader(segment_name) as r:
+            assert [b.batch_seq for b in r.batches()] == [0]
+    finally:
+        m.close()
+
+
+def test_lapped_batches_are_never_returned(segment_name: str) -> None:
+    """PBR ring of 8 slots and a 64 KiB BLog: after many laps only intact batches show."""
+    m = shm.create(segment_name, layout.Geometry(1, 8, 64 << 10))
+    try:
+        w = ShardWriter(m, 0, 0)
+        for seq in range(200):  # each batch ~12 KiB: the BLog laps long before the PBR
+            _publish(w, 5, seq, [bytes([seq % 256]) * 12000])
+        with SegmentReader(segment_name) as r:
+            got = list(r.batches())
+            seqs = [b.batch_seq for b in got]
+            assert seqs == list(range(200 - len(seqs), 200))  # newest, contiguous, in order
+            assert 0 < len(seqs) <= 5  # 64 KiB holds at most five 12 KiB payloads
+            for b in got:
+                (msg,) = list(b.messages())
+                assert bytes(msg.data) == bytes([b.batch_seq % 256]) * 12000
+            assert r.lapped == 8 - len(seqs)  # in the PBR window but overwritten in the BLog
+            # a reader holding a batch sees it invalidated once the writer laps it
+            oldest = got[0]
+            for seq in range(200, 210):
+                _publish(w, 5, seq, [b"z" * 12000])
+            assert not oldest.still_valid()
+            # asking for batches older than the ring counts them as missed
+            r.lapped = 0
+            list(r.batches(0, start=0))
+            assert r.lapped >= 200
+            del got, oldest, b
+    finally:
+        m.close()
+
+
+def test_pbr_counter_never_wraps(segment_name: str) -> None:
+    m = shm.create(segment_name, layout.Geometry(1, 4, 1 << 20))
+    try:
+        w = ShardWriter(m, 0, 0)
+        for seq in range(11):
+            _publish(w, 1, seq, [b"m"])
+        with SegmentReader(segment_name) as r:
+            got = list(r.batches())
+            assert [b.index for b in got] == [7, 8, 9, 10]
+            assert [b.slot.pbr_absolute_index for b in got] == [7, 8, 9, 10]
+            del got
+    finally:
+        m.close()
+
+
+def test_new_writer_continues_after_committed(segment_name: str) -> None:
+    """A restarted receiver resumes its shard's log after the last committed batch."""
+    m = shm.create(segment_name, layout.Geometry(1, 16, 1 << 20))
+    try:
+        w = ShardWriter(m, 0, 0)
+        _publish(w, 1, 0, [b"a"])
+        w.reserve(5000)  # died mid-batch
+        w2 = ShardWriter(m, 0, 0)
+        assert w2.next_index == 1 and w2.restarts == 1
+        _publish(w2, 1, 1, [b"b"])
+        with SegmentReader(segment_name) as r:
+            assert [b.batch_seq for b in r.batches()] == [0, 1]
+            assert r.shard_state(0).restarts == 1
+    finally:
+        m.close()
+
+
+def test_topic_table_full(segment_name: str) -> None:
+    m = shm.create(segment_name, layout.Geometry(1, 4, 1 << 20))
+    try:
+        w = ShardWriter(m, 0, 0)
+        for i in range(layout.TOPIC_SLOTS):
+            assert w.topic_index(f"t{i}") == i
+        assert w.topic_index("t3") == 3
+        with pytest.raises(SegmentError):
+            w.topic_index("one-too-many")
+    finally:
+        m.close()
+
+
+def test_create_twice_and_attach_missing(segment_name: str) -> None:
+    m = shm.create(segment_name, layout.Geometry(1, 4, 1 << 20))
+    try:
+        with pytest.raises(SegmentError, match="already exists"):
+            shm.create(segment_name, layout.Geometry(1, 4, 1 << 20))
+        st = os.stat(f"/dev/shm/{segment_name}")
+        assert st.st_mode & 0o777 == 0o600
+    finally:
+        m.close()
+    with pytest.raises(SegmentError, match="does not exist"):
+        SegmentReader("shardbroker-no-such-segment")
+
+
+def test_reader_is_read_only(segment_name: str) -> None:
+    m = shm.create(segment_name, layout.Geometry(1, 4, 1 << 20))
+    try:
+        with SegmentReader(segment_name) as r, pytest.raises(TypeError):
+            r._m.buf[0] = 1
+    finally:
+        m.close()
+
+
+def test_prefault_populates(segment_name: str) -> None:
+    m = shm.create(segment_name, layout.Geometry(1, 4, 4 << 20))
+    try:
+        assert shm.prefault(m) >= 0
+        assert os.stat(f"/dev/shm/{segment_name}").st_blocks * 512 >= 4 << 20
+    finally:
+        m.close()
