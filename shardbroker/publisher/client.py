@@ -36,8 +36,6 @@ from shardbroker.wire.protocol import (
     message_stride,
 )
 
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
-
 
 class Publisher:
     def __init__(
@@ -119,8 +117,7 @@ class Publisher:
         seq = self.next_batch_seq
         header = encode_batch_header(BatchHeader(seq, self.client_id, num_msg, len(payload)))
         try:
-            self.sock.sendall(header, _MSG_MORE)
-            self.sock.sendall(payload)
+            self._send_all([header, payload])
         except OSError as exc:
             self._raise_closed(exc)
         self.next_batch_seq = seq + 1
@@ -129,6 +126,18 @@ class Publisher:
         if self.ack:
             self._in_flight.append(self.sent_messages)
         return seq
+
+    def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        """One sendmsg for header and payload (a blocking socket sends it all unless a signal
+        interrupts); finish any remainder the same way."""
+        views = [memoryview(x).cast("B") for x in parts]
+        while views:
+            sent = self.sock.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            if views and sent:
+                views[0] = views[0][sent:]
 
     def flush(self, timeout: float | None = None) -> None:
         """Send the partial batch and wait until every batch is acked."""

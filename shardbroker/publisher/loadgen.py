@@ -61,6 +61,7 @@ def _worker(index: int, spec: LoadSpec, client_id: int, progress: Any, ready: An
         ready.release()
         go.wait(60)
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         deadline = None if spec.duration_s is None else time.monotonic() + spec.duration_s
         n = geom.messages
         batches = 0
@@ -75,6 +76,7 @@ def _worker(index: int, spec: LoadSpec, client_id: int, progress: Any, ready: An
                 progress.value = pub.sent_bytes
         pub.flush()
         summary["seconds"] = time.perf_counter() - t0
+        summary["cpu_s"] = time.process_time() - cpu0
     except (PublishError, OSError) as exc:
         summary["error"] = str(exc)
         summary["reason"] = getattr(exc, "reason", "")

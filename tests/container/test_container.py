@@ -34,8 +34,10 @@ def _run(args: list[str], timeout: float, env: dict[str, str] | None = None
         proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
+        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                    for x in (exc.stdout, exc.stderr))
         pytest.fail(f"{' '.join(args)} did not finish within {timeout:.0f} s\n"
-                    f"--- stdout\n{exc.stdout}\n--- stderr\n{exc.stderr}")
+                    f"--- stdout\n{out[-6000:]}\n--- stderr\n{err[-6000:]}")
     took = time.monotonic() - start
     print(f"$ {' '.join(args)}  -> rc={proc.returncode} in {took:.1f} s")
     print(proc.stdout[-4000:])
@@ -74,7 +76,8 @@ def test_shellcheck_clean() -> None:
 def test_dockerfile_rules() -> None:
     """Rules from DESIGN.md section 6 that buildah 1.28 / the stand-in base impose."""
     text = (ROOT / "Dockerfile").read_text()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]
     froms = [ln for ln in lines if ln.upper().startswith("FROM ")]
     assert len(froms) >= 2, "multi-stage build expected (builder + runtime)"
     assert all(ln.split()[1] == "python:3.11-slim-bookworm" for ln in froms), froms
