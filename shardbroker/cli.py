@@ -68,6 +68,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--ack", type=int, choices=[0, 1], default=1,
                      help="ack level: 1 waits for commit acks (default), 0 none")
     pub.add_argument("--max-in-flight", type=int, default=32, help="unacked batches allowed")
+    pub.add_argument("--rate", type=_size, help="pace each connection to this many bytes "
+                     "per second (default: as fast as possible)")
     pub.add_argument("--cpus", help="pin publisher i to CPU list[i %% len], e.g. 1 or 0,1")
     pub.add_argument("--json", action="store_true", help="print one JSON summary line")
 
@@ -88,7 +90,89 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=_size, default=2 << 20)
     demo.add_argument("--message-size", type=_size, default=1024)
     demo.add_argument("--json", action="store_true")
+    for name, help_ in (("status", "the broker's receivers, CPUs, connections"),
+                        ("stats", "throughput, recv calls per batch, CPU per shard and total"),
+                        ("top", "live view of every receiver"),
+                        ("drain", "stop taking new connections (open ones keep streaming)"),
+                        ("stop", "stop the broker cleanly"),
+                        ("scale", "change the number of receivers without dropping publishers")):
+        c = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+        c.add_argument("--control", help="control endpoint (default: the local broker's, "
+                       "or $SHARDBROKER_CONTROL)")
+        c.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply")
+        c.add_argument("--curve-server-key", help="broker's CURVE public key file (tcp:// "
+                       "endpoints with CURVE)")
+        if name in ("status", "stats"):
+            c.add_argument("--json", action="store_true", help="one JSON object")
+        if name == "scale":
+            c.add_argument("threads", type=int, help="receivers to run")
+        if name == "top":
+            c.add_argument("--interval", type=float, default=1.0)
+    keys = sub.add_parser("keys", help="write a CURVE key pair for a tcp:// control endpoint")
+    keys.add_argument("directory")
     return p
+
+
+def _control(a: argparse.Namespace, cmd: str, **args: Any) -> Any:
+    from shardbroker.control import client, endpoints
+
+    endpoint = endpoints.resolve_client_endpoint(a.control)
+    return client.request(endpoint, cmd, timeout_s=a.timeout,
+                          curve_server_key=a.curve_server_key, **args)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    st = _control(a, "status")
+    if a.json:
+        print(json.dumps(st))
+        return 0
+    print(f"broker pid {st['pid']} listening on {st['listen']}, segment {st['segment']}, "
+          f"{st['threads']}/{st['max_threads']} receivers ({st['backend']})"
+          + (", DRAINING" if st["draining"] else ""))
+    for r in st["receivers"]:
+        print(f"  shard {r['shard']}: pid {r['pid']} {r['state']} cpu {r['cpu']} "
+              f"(allowed {r['allowed_cpus']}), {r['open_connections']} connections, "
+              f"{r['restarts']} restarts, backend {r['backend']}")
+    return 0
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    st = _control(a, "stats")
+    if a.json:
+        print(json.dumps(st))
+        return 0
+    from rich.console import Console
+
+    from shardbroker.control.top import render
+
+    Console().print(render(st))
+    return 0
+
+
+def cmd_top(a: argparse.Namespace) -> int:
+    from shardbroker.control.top import run_top
+
+    run_top(lambda: _control(a, "stats"), a.interval)
+    return 0
+
+
+def cmd_simple(a: argparse.Namespace) -> int:
+    args = {"threads": a.threads} if a.command == "scale" else {}
+    print(json.dumps(_control(a, a.command, **args)))
+    return 0
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    import os
+
+    from zmq import auth as zmq_auth
+
+    os.makedirs(a.directory, mode=0o700, exist_ok=True)
+    public, secret = zmq_auth.create_certificates(a.directory, "broker")
+    print(json.dumps({"public": public, "secret": secret,
+                      "hint": "set control.curve_secret_key_file to the secret file; give "
+                              "clients the public file (--curve-server-key)"}))
+    return 0
 
 
 def _run_overrides(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -142,7 +226,7 @@ def cmd_publish(a: argparse.Namespace) -> int:
     spec = loadgen.LoadSpec(
         host=host, port=port, connections=a.connections, batch_bytes=a.batch_size,
         message_size=a.message_size, total_bytes=a.total, duration_s=a.duration, topic=a.topic,
-        ack=a.ack, max_in_flight=a.max_in_flight, cpus=cpus,
+        ack=a.ack, max_in_flight=a.max_in_flight, cpus=cpus, rate_bytes_s=a.rate,
     )
     summary = loadgen.run(spec, show_progress=loadgen.progress_wanted(a.json))
     if a.json:
@@ -172,7 +256,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
                     batch_bytes=a.batch_size, message_size=a.message_size, as_json=a.json)
 
 
-COMMANDS = {"run": cmd_run, "publish": cmd_publish, "dump": cmd_dump, "demo": cmd_demo}
+COMMANDS = {"run": cmd_run, "publish": cmd_publish, "dump": cmd_dump, "demo": cmd_demo,
+            "status": cmd_status, "stats": cmd_stats, "top": cmd_top, "drain": cmd_simple,
+            "stop": cmd_simple, "scale": cmd_simple, "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:

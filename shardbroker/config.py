@@ -39,6 +39,7 @@ def parse_hostport(text: str, key: str = "listen") -> tuple[str, int]:
 class BrokerConfig:
     listen: str = "127.0.0.1:1214"
     threads: int = 0  # 0: one receiver per CPU this process may run on
+    max_threads: int = 0  # shards in the segment = most receivers `scale` may run; 0: CPUs
     broker_id: int = 0
     backend: str = "epoll"
     pin_cpus: bool = True
@@ -73,6 +74,18 @@ class LimitsConfig:
 
 
 @dataclass
+class MetricsConfig:
+    interval_s: float = 1.0  # receivers send a snapshot this often; 0 turns metrics off
+    prometheus: str = ""  # HOST:PORT for an HTTP /metrics endpoint; "" = off
+
+
+@dataclass
+class ControlConfig:
+    endpoint: str = ""  # "" = ipc:// in the runtime directory; tcp://HOST:PORT on request
+    curve_secret_key_file: str = ""  # zmq CURVE server secret key (required off loopback)
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "auto"  # auto | json | console
@@ -84,6 +97,8 @@ class Config:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     socket: SocketConfig = field(default_factory=SocketConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> Config:
@@ -115,6 +130,12 @@ class Config:
             raise ConfigError("limits.max_messages_per_batch", "must be within 1..1000000")
         if self.socket.rcvlowat_cap < 0 or self.socket.rcvbuf < 0:
             raise ConfigError("socket", "sizes must be >= 0")
+        if self.metrics.interval_s < 0:
+            raise ConfigError("metrics.interval_s", "must be >= 0 (0 turns metrics off)")
+        if self.metrics.prometheus:
+            parse_hostport(self.metrics.prometheus, "metrics.prometheus")
+        if self.broker.max_threads and self.broker.max_threads < self.broker.threads:
+            raise ConfigError("broker.max_threads", "must be >= broker.threads (or 0)")
         if self.log.format not in ("auto", "json", "console"):
             raise ConfigError("log.format", "must be auto, json or console")
         return self
@@ -160,7 +181,8 @@ def load(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | 
         target = getattr(cfg, section, None)
         if target is None or not dataclasses.is_dataclass(target):
             raise ConfigError(section, "unknown section",
-                              hint="sections: broker, segment, socket, limits, log")
+                              hint="sections: broker, segment, socket, limits, metrics, "
+                                   "control, log")
         if not isinstance(values, dict):
             raise ConfigError(section, "must be a table")
         _apply_section(target, section, values)

@@ -116,3 +116,17 @@ def read_sysctl(path: str) -> str | None:
             return f.read().strip()
     except OSError:
         return None
+
+
+def read_allowed_cpus(pid: int) -> list[int] | None:
+    """The CPUs a process may run on, read back from /proc/PID/status (None: gone)."""
+    from shardbroker.platform.topology import parse_cpulist
+
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    return list(parse_cpulist(line.split(":", 1)[1].strip()))
+    except OSError:
+        return None
+    return None

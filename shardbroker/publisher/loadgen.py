@@ -32,6 +32,7 @@ class LoadSpec:
     ack: int = 1
     max_in_flight: int = 32
     cpus: tuple[int, ...] = ()  # pin worker i to cpus[i % len(cpus)] when given
+    rate_bytes_s: float | None = None  # pace each connection to this many payload bytes/s
 
     def __post_init__(self) -> None:
         if self.connections < 1:
@@ -70,6 +71,10 @@ def _worker(index: int, spec: LoadSpec, client_id: int, progress: Any, ready: An
                 break
             if deadline is not None and (batches & 7) == 0 and time.monotonic() >= deadline:
                 break
+            if spec.rate_bytes_s:
+                ahead = pub.sent_bytes / spec.rate_bytes_s - (time.perf_counter() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
             pub.publish_batch(tmpl.for_seq(pub.next_batch_seq), n)
             batches += 1
             if (batches & 15) == 0:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import sys
 import time
+
+import zmq
 
 from shardbroker import config as config_mod
 from shardbroker import log as logmod
@@ -16,6 +19,42 @@ from shardbroker.receiver.loop import ReceiveLoop
 from shardbroker.receiver.spec import ReceiverSpec
 from shardbroker.segment import shm
 from shardbroker.segment.writer import ShardWriter
+
+
+class MetricsPublisher:
+    """Sends the loop's snapshot to the supervisor every interval (PUSH, never blocks: a
+    snapshot the supervisor is too slow to take is dropped, the next one supersedes it)."""
+
+    def __init__(self, endpoint: str, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.next_at = 0.0
+        self.ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self.sock: zmq.Socket[bytes] | None = None
+        if endpoint and interval_s > 0:
+            self.ctx = zmq.Context()
+            self.sock = self.ctx.socket(zmq.PUSH)
+            self.sock.setsockopt(zmq.SNDHWM, 4)
+            self.sock.setsockopt(zmq.LINGER, 200)
+            self.sock.connect(endpoint)
+
+    def tick(self, loop: ReceiveLoop) -> None:
+        now = time.monotonic()
+        if self.sock is None or now < self.next_at:
+            return
+        self.next_at = now + self.interval_s
+        self.send(loop)
+
+    def send(self, loop: ReceiveLoop) -> None:
+        if self.sock is None:
+            return
+        with contextlib.suppress(zmq.Again):
+            self.sock.send(json.dumps(loop.snapshot()).encode(), zmq.NOBLOCK)
+
+    def close(self, loop: ReceiveLoop) -> None:
+        if self.sock is not None and self.ctx is not None:
+            self.send(loop)  # final figures
+            self.sock.close()
+            self.ctx.term()
 
 
 def _config(spec: ReceiverSpec) -> config_mod.Config:
@@ -46,7 +85,8 @@ def main(argv: list[str]) -> int:
         log.error("receiver.boot_failed", error=str(exc))
         control.send(b"fail " + json.dumps({"error": str(exc)}).encode())
         return 3
-    loop = ReceiveLoop(cfg, writer, control, log)
+    publisher = MetricsPublisher(spec.metrics_endpoint, cfg.metrics.interval_s)
+    loop = ReceiveLoop(cfg, writer, control, log, on_tick=publisher.tick)
     control.send(b"ready " + json.dumps({
         "shard": spec.shard, "cpu": spec.cpu, "backend": loop.backend,
         "allowed_cpus": linux.allowed_cpus(), "resumed_at_batch": writer.next_index,
@@ -54,7 +94,10 @@ def main(argv: list[str]) -> int:
     }).encode())
     log.info("receiver.ready", cpu=spec.cpu, backend=loop.backend, populate_s=round(populate_s, 3),
              resumed_at_batch=writer.next_index)
-    loop.run()
+    try:
+        loop.run()
+    finally:
+        publisher.close(loop)
     log.info("receiver.exit", recv_calls=loop.recv_calls, batches=writer.next_index)
     return 0
 

@@ -7,6 +7,7 @@ the ProtocolError or disconnect it reports.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from shardbroker.segment.writer import Reservation
 from shardbroker.wire.protocol import (
@@ -29,7 +30,7 @@ class Connection:
         "sock", "fd", "peer", "phase", "hbuf", "hview", "hfill", "handshake", "topic_idx",
         "res", "target", "left", "batch_seq", "orig_seq", "num_msg", "session_epoch",
         "lowat", "acked", "ack_sock", "out_partial", "out_latest", "want_write",
-        "batches", "closing", "header_ns",
+        "batches", "closing", "header_ns", "recvs", "batch_recvs_start", "moving",
     )
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
@@ -57,7 +58,10 @@ class Connection:
         self.want_write = False
         self.batches = 0
         self.closing = False  # stop requested: close at the next batch boundary
-        self.header_ns = 0
+        self.header_ns = 0  # monotonic ns when the current batch's header completed
+        self.recvs = 0  # recv calls on this connection
+        self.batch_recvs_start = 0  # self.recvs when the current batch began
+        self.moving = False  # hand this connection to another receiver at a batch boundary
 
     @property
     def header_need(self) -> int:
@@ -66,6 +70,31 @@ class Connection:
     @property
     def in_batch(self) -> bool:
         return self.phase == PHASE_PAYLOAD or (self.phase == PHASE_HEADER and self.hfill > 0)
+
+    def state(self) -> dict[str, object]:
+        """What another receiver needs to continue this connection (at a batch boundary)."""
+        hs = self.handshake
+        return {
+            "peer": self.peer, "acked": self.acked, "batches": self.batches,
+            "lowat": self.lowat, "separate_ack": self.ack_sock is not None
+            and self.ack_sock is not self.sock,
+            "handshake": None if hs is None else {
+                "client_id": hs.client_id, "ack": hs.ack, "port": hs.port, "topic": hs.topic,
+                "client_req": hs.client_req, "num_msg": hs.num_msg, "last_addr": hs.last_addr,
+            },
+        }
+
+    def restore(self, st: dict[str, Any], ack_sock: socket.socket | None) -> None:
+        self.peer = str(st["peer"])
+        self.acked = int(st["acked"])
+        self.batches = int(st["batches"])
+        self.lowat = int(st["lowat"])
+        hs = st["handshake"]
+        if hs is not None:
+            self.handshake = Handshake(**hs)
+            self.phase = PHASE_HEADER
+            if self.handshake.ack >= 1:
+                self.ack_sock = ack_sock if ack_sock is not None else self.sock
 
     def queue_ack(self, count: int) -> None:
         self.out_latest = count  # counts are cumulative: only the newest matters

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import resource
 import select
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from shardbroker.config import Config
@@ -43,12 +46,26 @@ EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 LOWAT_MIN = 64 << 10  # below this a batch tail is read on the next wakeup anyway
 DRAIN_BUDGET = 16 << 20  # bytes per connection per wakeup, so one publisher cannot starve others
-STATS_INTERVAL_S = 0.5
+STATS_INTERVAL_S = 0.5  # shard-header counters (read by dump, demo, tests)
+HIST_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # recv calls per batch: <=1, <=2, ... , 64+
+LATENCY_RING = 4096  # commit latencies kept for p50/p99 per snapshot
+
+
+def hist_bucket(n: int) -> int:
+    """Index into HIST_BUCKETS for ``n`` recv calls: 1->0, 2->1, 3-4->2, ..., 33+->6."""
+    return min(6, (n - 1).bit_length()) if n > 0 else 0
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    if not sorted_values:
+        return 0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 class ReceiveLoop:
     def __init__(self, cfg: Config, writer: ShardWriter, control: socket.socket, log: Any,
-                 backend: str = "epoll") -> None:
+                 backend: str = "epoll",
+                 on_tick: Callable[[ReceiveLoop], None] | None = None) -> None:
         self.cfg = cfg
         self.writer = writer
         self.buf = writer.buf
@@ -65,6 +82,12 @@ class ReceiveLoop:
         self.in_flight: dict[int, Connection] = {}  # fd -> connection with a BLog reservation
         self.stopping = False
         self.stop_deadline = 0.0
+        self.on_tick = on_tick  # called every STATS_INTERVAL_S (metrics publishing)
+        self.moves_wanted = 0  # connections the supervisor asked us to hand over
+        self.retiring = False  # hand over everything, take nothing new, then exit
+        self.retired_sent = False
+        self.moved_out = 0
+        self.moved_in = 0
         # statistics (plain ints: the hot path must not pay for metrics)
         self.recv_calls = 0
         self.payload_recv_calls = 0
@@ -79,6 +102,13 @@ class ReceiveLoop:
         self.lowat_sets = 0
         self.acks_sent = 0
         self.lapped_in_flight = 0
+        self.batches = 0
+        self.messages = 0
+        self.bytes = 0
+        self.recv_hist = [0] * len(HIST_BUCKETS)
+        self.latency_ns = [0] * LATENCY_RING
+        self.latency_count = 0
+        self.backpressured_s = 0.0  # time not reading because the segment was full (none yet)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,6 +143,8 @@ class ReceiveLoop:
                 now = time.monotonic()
                 if now >= next_stats:
                     self.flush_stats()
+                    if self.on_tick is not None:
+                        self.on_tick(self)
                     next_stats = now + STATS_INTERVAL_S
                 if self.stopping and (not conns or now >= self.stop_deadline):
                     for c in list(conns.values()):
@@ -140,6 +172,16 @@ class ReceiveLoop:
         if msg.startswith(b"conn"):
             for fd in fds:
                 self._adopt(fd)
+        elif msg.startswith(b"adopt "):
+            self._adopt_moved(json.loads(msg[6:]), fds)
+        elif msg.startswith(b"handoff "):
+            arg = msg[8:].decode()
+            if arg == "all":
+                self.retiring = True
+                self.moves_wanted = len(self.conns)
+            else:
+                self.moves_wanted = max(0, min(int(arg), len(self.conns)))
+            self._start_moves()
         elif msg.startswith(b"stop"):
             self._begin_stop()
         else:
@@ -160,11 +202,13 @@ class ReceiveLoop:
 
     # ------------------------------------------------------------------ connections
 
-    def _adopt(self, fd: int) -> None:
+    def _adopt(self, fd: int) -> Connection | None:
         sock = socket.socket(fileno=fd)
-        if self.stopping:
+        if self.stopping or self.retiring:
             sock.close()
-            return
+            with contextlib.suppress(OSError):
+                self.control.send(b"closed")
+            return None
         sock.setblocking(False)
         try:
             peer = "{}:{}".format(*sock.getpeername()[:2])
@@ -191,6 +235,75 @@ class ReceiveLoop:
         self.conns[fd] = conn
         self.connections_total += 1
         self.ep.register(fd, EPOLLIN)
+        return conn
+
+    # ------------------------------------------------------------------ live rebalancing
+
+    def _adopt_moved(self, state: dict[str, Any], fds: list[int]) -> None:
+        """Continue a connection another receiver handed over at a batch boundary."""
+        if not fds:
+            return
+        ack_sock = None
+        if state.get("separate_ack") and len(fds) > 1:
+            ack_sock = socket.socket(fileno=fds[1])
+            ack_sock.setblocking(False)
+        conn = self._adopt(fds[0])
+        if conn is None:
+            if ack_sock is not None:
+                ack_sock.close()
+            return
+        conn.restore(state, ack_sock)
+        self.moved_in += 1
+        # bytes of the next batch may already be queued: read them without waiting for epoll
+        self._on_readable(conn)
+
+    def _start_moves(self) -> None:
+        """Mark connections to hand over; idle ones (at a batch boundary) go at once."""
+        candidates = sorted(self.conns.values(), key=lambda c: c.in_batch)
+        for conn in candidates:
+            if self.moves_wanted <= 0:
+                break
+            if conn.moving:
+                continue
+            conn.moving = True
+            self.moves_wanted -= 1
+            if not conn.in_batch and conn.phase != PHASE_HANDSHAKE:
+                self._hand_over(conn)
+        self._maybe_retired()
+
+    def _maybe_retired(self) -> None:
+        if self.retiring and not self.conns and not self.retired_sent:
+            self.retired_sent = True
+            self.control.send(b"retired")
+
+    def _hand_over(self, conn: Connection) -> None:
+        """Send the socket(s) and protocol state to the supervisor for another receiver."""
+        if conn.out_partial or conn.out_latest is not None:
+            with contextlib.suppress(OSError):
+                conn.flush_acks()
+            if conn.out_partial or conn.out_latest is not None:
+                return  # acks still pending: try again at the next batch boundary
+        fds = [conn.fd]
+        if conn.ack_sock is not None and conn.ack_sock is not conn.sock:
+            fds.append(conn.ack_sock.fileno())
+        try:
+            socket.send_fds(self.control, [b"move " + json.dumps(conn.state()).encode()], fds)
+        except OSError as exc:
+            self.log.warning("receiver.handoff_failed", peer=conn.peer, error=str(exc))
+            conn.moving = False
+            return
+        self.conns.pop(conn.fd, None)
+        self.in_flight.pop(conn.fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(conn.fd)
+        if len(fds) > 1 and conn.ack_sock is not None:
+            self.ack_owner.pop(conn.ack_sock.fileno(), None)
+            with contextlib.suppress(OSError, ValueError):
+                self.ep.unregister(conn.ack_sock.fileno())
+            conn.ack_sock.close()
+        conn.sock.close()  # our copy only: the TCP connection lives on in the other receiver
+        self.moved_out += 1
+        self._maybe_retired()
 
     def _note_rcvbuf(self, sock: socket.socket) -> None:
         try:
@@ -222,6 +335,8 @@ class ReceiveLoop:
         if reason:
             self.log.info("receiver.connection.closed", peer=conn.peer, reason=reason,
                           batches=conn.batches)
+        # so dump and tests see final counters as soon as publishers are gone
+        self.writer.write_stats(self.stats_tuple())
         with contextlib.suppress(OSError):
             self.control.send(b"closed")
 
@@ -266,10 +381,12 @@ class ReceiveLoop:
                         self.recv_calls += 1
                         self.payload_recv_calls += 1
                         self.eagain += 1
+                        conn.recvs += 1
                         self._rearm_lowat(conn)
                         break
                     self.recv_calls += 1
                     self.payload_recv_calls += 1
+                    conn.recvs += 1
                     if n == 0:
                         self._peer_closed(conn)
                         return
@@ -283,6 +400,10 @@ class ReceiveLoop:
                     if conn.closing:
                         self._close(conn, "receiver.stop")
                         return
+                    if conn.moving:
+                        self._hand_over(conn)
+                        if conn.fd not in self.conns:
+                            return
                     if budget <= 0:
                         break
                 else:
@@ -293,9 +414,11 @@ class ReceiveLoop:
                     except BlockingIOError:
                         self.recv_calls += 1
                         self.eagain += 1
+                        conn.recvs += 1
                         self._rearm_lowat(conn)
                         break
                     self.recv_calls += 1
+                    conn.recvs += 1
                     if n == 0:
                         self._peer_closed(conn)
                         return
@@ -304,6 +427,10 @@ class ReceiveLoop:
                         continue
                     if conn.phase == PHASE_HANDSHAKE:
                         self._on_handshake(conn)
+                        if conn.moving:
+                            self._hand_over(conn)
+                            if conn.fd not in self.conns:
+                                return
                     else:
                         self._on_header(conn)
         except ProtocolError as exc:
@@ -391,6 +518,7 @@ class ReceiveLoop:
         conn.num_msg = hdr.num_msg
         conn.session_epoch = hdr.session_epoch
         conn.phase = PHASE_PAYLOAD
+        conn.header_ns = time.monotonic_ns()
         self.in_flight[conn.fd] = conn
 
     def _abort_lapped(self) -> None:
@@ -422,6 +550,14 @@ class ReceiveLoop:
         self.writer.commit(res, conn.batch_seq, conn.orig_seq, hs.client_id, conn.num_msg,
                            conn.session_epoch, conn.topic_idx)
         conn.batches += 1
+        self.batches += 1
+        self.messages += conn.num_msg
+        self.bytes += res.size
+        self.latency_ns[self.latency_count % LATENCY_RING] = time.monotonic_ns() - conn.header_ns
+        self.latency_count += 1
+        n = conn.recvs - conn.batch_recvs_start
+        self.recv_hist[hist_bucket(n)] += 1
+        conn.batch_recvs_start = conn.recvs
         if conn.ack_sock is not None:
             conn.acked += conn.num_msg
             conn.out_latest = conn.acked
@@ -471,8 +607,53 @@ class ReceiveLoop:
             self.lapped_in_flight,
         )
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything this receiver counts, for the supervisor's metrics aggregation."""
+        n = min(self.latency_count, LATENCY_RING)
+        lat = sorted(self.latency_ns[:n])
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        w = self.writer
+        rcv = []
+        for c in self.conns.values():
+            with contextlib.suppress(OSError):
+                rcv.append(linux.rcvbuf(c.sock))
+        return {
+            "shard": w.shard, "pid": os.getpid(), "backend": self.backend,
+            "time": time.time(),
+            "bytes": self.bytes, "batches": self.batches, "messages": self.messages,
+            "committed_batches": w.next_index, "committed_bytes": w.bytes,
+            "connections_open": len(self.conns), "connections_total": self.connections_total,
+            "recv_calls": self.recv_calls, "payload_recv_calls": self.payload_recv_calls,
+            "recv_calls_hist": dict(zip([str(b) for b in HIST_BUCKETS[:-1]] + ["64+"],
+                                        self.recv_hist, strict=True)),
+            "eagain": self.eagain, "wakeups": self.wakeups, "lowat_sets": self.lowat_sets,
+            "acks_sent": self.acks_sent,
+            "rcvbuf_min": min(rcv) if rcv else self.rcvbuf_min,
+            "rcvbuf_max": max(rcv) if rcv else self.rcvbuf_max,
+            "commit_latency_us": {"p50": percentile(lat, 0.5) / 1000,
+                                  "p99": percentile(lat, 0.99) / 1000, "samples": n},
+            "rejected": dict(self.rejected_by_reason),
+            "disconnects_mid_batch": self.disconnects_mid_batch,
+            "lapped_in_flight": self.lapped_in_flight,
+            "backpressured_s": self.backpressured_s,
+            "segment_fill": {
+                "pbr": min(w.next_index, w.slots) / w.slots,
+                "blog": min(w.head, w.blog_bytes) / w.blog_bytes,
+            },
+            "cpu_user_s": ru.ru_utime, "cpu_sys_s": ru.ru_stime, "rss_bytes": _rss_bytes(),
+            "moved_in": self.moved_in, "moved_out": self.moved_out,
+        }
+
     def flush_stats(self) -> None:
         for c in self.conns.values():
             self._note_rcvbuf(c.sock)
         self.writer.write_stats(self.stats_tuple())
         self.writer.heartbeat()
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0

@@ -16,6 +16,7 @@ class ReceiverSpec:
     broker_id: int
     control_fd: int  # the receiver's end of a SOCK_SEQPACKET pair with the supervisor
     config: dict[str, Any]  # config.to_dict() of the supervisor's Config
+    metrics_endpoint: str = ""  # ZeroMQ PULL endpoint of the supervisor; "" = no metrics
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -1,30 +1,38 @@
-"""The supervisor: owns the segment and the listening socket, spawns and reaps receivers.
+"""The supervisor: owns the segment and the listening socket, spawns and reaps receivers,
+serves the control endpoint and aggregates metrics.
 
-Gunicorn-arbiter style: signal handlers only queue (through ``signal.set_wakeup_fd``); the main
-loop reaps every child; a receiver that fails at boot halts the supervisor instead of starting
-a respawn loop; a receiver that dies after it was ready is restarted on the same shard and CPU.
+Gunicorn-arbiter style: signal handlers only queue (a self-pipe); the main loop reaps every
+child; a receiver that fails at boot halts the supervisor instead of starting a respawn loop;
+a receiver that dies after it was ready is restarted on the same shard and CPU.
 Accepted connections go to the receiver with the fewest open connections, handed over as file
 descriptors (SCM_RIGHTS) on a SOCK_SEQPACKET pair, so with N receivers and C connections the
-busiest one holds at most ceil(C/N).
+busiest one holds at most ceil(C/N). ``scale`` moves connections between receivers at batch
+boundaries (the receiver sends socket + protocol state here, we forward it), so publishers
+never see a disconnect.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import zmq
+
 from shardbroker import config as config_mod
 from shardbroker.config import Config, parse_hostport
-from shardbroker.errors import BrokerStartError
+from shardbroker.control import endpoints, envelope
+from shardbroker.control.metrics import MetricsAggregator
+from shardbroker.errors import BrokerStartError, ShardbrokerError
 from shardbroker.platform import linux
 from shardbroker.receiver.spec import ReceiverSpec
 from shardbroker.segment import shm
@@ -33,11 +41,14 @@ from shardbroker.segment.layout import Geometry
 BOOT_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 8.0
 
+ACTIVE, RETIRING, INACTIVE = "active", "retiring", "inactive"
+
 
 @dataclass
 class ReceiverSlot:
     shard: int
     cpu: int | None
+    state: str = INACTIVE
     proc: subprocess.Popen[bytes] | None = None
     control: socket.socket | None = None
     ready: bool = False
@@ -46,6 +57,10 @@ class ReceiverSlot:
     info: dict[str, Any] = field(default_factory=dict)
     restart_at: float = 0.0
 
+    @property
+    def takes_connections(self) -> bool:
+        return self.state == ACTIVE and self.ready and self.control is not None
+
 
 class Supervisor:
     def __init__(self, cfg: Config, log: Any, out: TextIO = sys.stdout) -> None:
@@ -53,29 +68,43 @@ class Supervisor:
         self.log = log
         self.out = out
         self.segment_name = cfg.segment.name or f"shardbroker-{os.getpid()}"
-        self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
         self.mapped: shm.Mapped | None = None
         self.slots: list[ReceiverSlot] = []
         self.stopping = False
+        self.draining = False
+        self.exit_code = 0
         self.accepted = 0
+        self.started_at = time.time()
         self._sig_r, self._sig_w = socket.socketpair()
+        self._sig_r.setblocking(False)
         self._signals: list[int] = []
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.control_sock: zmq.Socket[bytes] | None = None
+        self.metrics_sock: zmq.Socket[bytes] | None = None
+        self.control_endpoint = ""
+        self.metrics_endpoint = ""
+        self.metrics = MetricsAggregator()
+        self.metrics_lock = threading.Lock()
+        self.poller = zmq.Poller()
+        self.listen_addr = ""
 
     # ------------------------------------------------------------------ start
 
-    def plan_cpus(self) -> list[int | None]:
+    def plan(self) -> tuple[int, list[int | None]]:
+        """(receivers to start, CPU of every shard the segment will have)."""
         cpus = linux.allowed_cpus()
         n = self.cfg.broker.threads or len(cpus)
+        shards = max(n, self.cfg.broker.max_threads or len(cpus))
         if n > len(cpus):
             self.log.warning("supervisor.more_receivers_than_cpus", receivers=n,
                              cpus=len(cpus), hint="receivers will share CPUs")
         if not self.cfg.broker.pin_cpus:
-            return [None] * n
-        return [cpus[i % len(cpus)] for i in range(n)]
+            return n, [None] * shards
+        return n, [cpus[i % len(cpus)] for i in range(shards)]
 
     def start(self) -> dict[str, Any]:
-        cpus = self.plan_cpus()
+        n, cpus = self.plan()
         seg = self.cfg.segment
         geometry = Geometry(len(cpus), seg.pbr_slots, seg.blog_bytes_per_shard)
         self.mapped = shm.create(self.segment_name, geometry, self.cfg.broker.broker_id, seg.mode)
@@ -83,6 +112,70 @@ class Supervisor:
         self.log.info("supervisor.segment.created", segment=self.segment_name,
                       bytes=geometry.total_bytes, shards=geometry.shard_count,
                       prefault_s=round(prefault_s, 3))
+        self._bind_zmq()
+        self._listen()
+        self.slots = [ReceiverSlot(shard=i, cpu=c) for i, c in enumerate(cpus)]
+        for slot in self.slots[:n]:
+            slot.state = ACTIVE
+            self._spawn(slot)
+        for slot in self.slots[:n]:
+            self._await_ready(slot)
+        shm.mark_serving(self.mapped)
+        if self.cfg.metrics.prometheus:
+            from shardbroker.control.prometheus import serve_metrics
+
+            serve_metrics(self.cfg.metrics.prometheus, self.metrics_report)
+        endpoints.write_default_endpoint(self.control_endpoint)
+        ready = {
+            "event": "ready",
+            "listen": self.listen_addr,
+            "segment": self.segment_name,
+            "threads": n,
+            "max_threads": len(self.slots),
+            "backend": self.cfg.broker.backend,
+            "control": self.control_endpoint,
+            "pid": os.getpid(),
+            "segment_bytes": geometry.total_bytes,
+            "prefault_s": round(prefault_s, 3),
+            "receivers": [self._slot_status(s) for s in self.slots[:n]],
+        }
+        if self.cfg.metrics.prometheus:
+            ready["prometheus"] = self.cfg.metrics.prometheus
+        self.out.write(json.dumps(ready) + "\n")
+        self.out.flush()
+        return ready
+
+    def _bind_zmq(self) -> None:
+        c = self.cfg.control
+        endpoints.check_tcp_bind(c.endpoint, bool(c.curve_secret_key_file))
+        rundir = endpoints.broker_dir(self.segment_name)
+        self.control_sock = self.ctx.socket(zmq.ROUTER)
+        self.control_sock.setsockopt(zmq.LINGER, 0)
+        if c.curve_secret_key_file:
+            from zmq import auth as zmq_auth
+
+            public, secret = zmq_auth.load_certificate(c.curve_secret_key_file)
+            if secret is None:
+                raise BrokerStartError(f"{c.curve_secret_key_file} holds no secret key",
+                                       hint="point control.curve_secret_key_file at *.key_secret")
+            self.control_sock.curve_secretkey = secret
+            self.control_sock.curve_publickey = public
+            self.control_sock.curve_server = True
+        self.control_endpoint = c.endpoint or f"ipc://{rundir}/control.sock"
+        self.metrics_endpoint = f"ipc://{rundir}/metrics.sock"
+        try:
+            self.control_sock.bind(self.control_endpoint)
+        except zmq.ZMQError as exc:
+            raise BrokerStartError(f"cannot bind control endpoint {self.control_endpoint}: {exc}",
+                                   hint="is another broker using it? set control.endpoint") \
+                from exc
+        if self.control_endpoint.startswith("ipc://"):
+            os.chmod(self.control_endpoint[len("ipc://"):], 0o600)
+        self.metrics_sock = self.ctx.socket(zmq.PULL)
+        self.metrics_sock.setsockopt(zmq.LINGER, 0)
+        self.metrics_sock.bind(self.metrics_endpoint)
+
+    def _listen(self) -> None:
         host, port = parse_hostport(self.cfg.broker.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
@@ -94,29 +187,8 @@ class Supervisor:
                                    hint="pick another --listen address or port") from exc
         self.listener.listen(1024)
         self.listener.setblocking(False)
-        self.slots = [ReceiverSlot(shard=i, cpu=c) for i, c in enumerate(cpus)]
-        for slot in self.slots:
-            self._spawn(slot)
-        self._wait_ready()
-        shm.mark_serving(self.mapped)
-        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
-        self.sel.register(self._sig_r, selectors.EVENT_READ, "signal")
-        bound = self.listener.getsockname()
-        ready = {
-            "event": "ready",
-            "listen": f"{'[' + bound[0] + ']' if family == socket.AF_INET6 else bound[0]}:"
-                      f"{bound[1]}",
-            "segment": self.segment_name,
-            "threads": len(self.slots),
-            "backend": self.cfg.broker.backend,
-            "pid": os.getpid(),
-            "segment_bytes": geometry.total_bytes,
-            "prefault_s": round(prefault_s, 3),
-            "receivers": [dict(s.info, pid=s.proc.pid if s.proc else None) for s in self.slots],
-        }
-        self.out.write(json.dumps(ready) + "\n")
-        self.out.flush()
-        return ready
+        h, p = self.listener.getsockname()[:2]
+        self.listen_addr = f"[{h}]:{p}" if family == socket.AF_INET6 else f"{h}:{p}"
 
     def _spawn(self, slot: ReceiverSlot) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -124,6 +196,7 @@ class Supervisor:
             shard=slot.shard, cpu=slot.cpu, segment=self.segment_name,
             broker_id=self.cfg.broker.broker_id, control_fd=child_end.fileno(),
             config=config_mod.to_dict(self.cfg),
+            metrics_endpoint=self.metrics_endpoint if self.cfg.metrics.interval_s > 0 else "",
         )
         slot.proc = subprocess.Popen(
             [sys.executable, "-m", "shardbroker.receiver", spec.to_json()],
@@ -134,25 +207,24 @@ class Supervisor:
         slot.ready = False
         slot.open_connections = 0
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
-        for slot in self.slots:
-            assert slot.control is not None and slot.proc is not None
-            slot.control.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                msg = slot.control.recv(4096)
-            except TimeoutError:
-                msg = b""
-            if not msg.startswith(b"ready "):
-                detail = msg[5:].decode(errors="replace") if msg.startswith(b"fail ") else (
-                    f"exit code {slot.proc.poll()}" if slot.proc.poll() is not None
-                    else "no ready message in time")
-                raise BrokerStartError(f"receiver {slot.shard} failed at boot: {detail}",
-                                       hint="see its log lines above on stderr")
-            slot.info = json.loads(msg[6:])
-            slot.ready = True
-            slot.control.setblocking(False)
-            self.sel.register(slot.control, selectors.EVENT_READ, slot)
+    def _await_ready(self, slot: ReceiverSlot) -> None:
+        """Block until the receiver reports ready; BrokerStartError if it cannot boot."""
+        assert slot.control is not None and slot.proc is not None
+        slot.control.settimeout(BOOT_TIMEOUT_S)
+        try:
+            msg = slot.control.recv(4096)
+        except (TimeoutError, OSError):
+            msg = b""
+        if not msg.startswith(b"ready "):
+            detail = msg[5:].decode(errors="replace") if msg.startswith(b"fail ") else (
+                f"exit code {slot.proc.poll()}" if slot.proc.poll() is not None
+                else "no ready message in time")
+            raise BrokerStartError(f"receiver {slot.shard} failed at boot: {detail}",
+                                   hint="see its log lines above on stderr")
+        slot.info = json.loads(msg[6:])
+        slot.ready = True
+        slot.control.setblocking(False)
+        self.poller.register(slot.control, zmq.POLLIN)
 
     # ------------------------------------------------------------------ main loop
 
@@ -166,15 +238,30 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
 
     def serve(self) -> int:
-        """Run until a stop signal; returns the process exit code."""
+        """Run until a stop signal or command; returns the process exit code."""
+        assert self.listener is not None and self.control_sock is not None
+        assert self.metrics_sock is not None
+        self.poller.register(self.listener, zmq.POLLIN)
+        self.poller.register(self._sig_r, zmq.POLLIN)
+        self.poller.register(self.control_sock, zmq.POLLIN)
+        self.poller.register(self.metrics_sock, zmq.POLLIN)
+        sig_fd = self._sig_r.fileno()
         while not self.stopping:
-            for key, _ev in self.sel.select(timeout=0.5):
-                if key.data == "accept":
+            # zmq.Poller hands back zmq sockets as themselves and plain sockets as their fd
+            for item, _ev in self.poller.poll(500):
+                if item is self.control_sock:
+                    self._on_control_request()
+                elif item is self.metrics_sock:
+                    self._on_metrics()
+                elif self.listener is not None and item == self.listener.fileno():
                     self._accept()
-                elif key.data == "signal":
+                elif item == sig_fd:
                     self._drain_signals()
                 else:
-                    self._on_receiver_message(key.data)
+                    slot = next((s for s in self.slots if s.control is not None
+                                 and s.control.fileno() == item), None)
+                    if slot is not None:
+                        self._on_receiver_message(slot)
             self._reap()
         return self.shutdown()
 
@@ -188,7 +275,8 @@ class Supervisor:
                 self.stopping = True
 
     def _accept(self) -> None:
-        assert self.listener is not None
+        if self.listener is None:
+            return
         for _ in range(64):  # bounded per wakeup
             try:
                 sock, _addr = self.listener.accept()
@@ -203,38 +291,63 @@ class Supervisor:
                 sock.close()
                 self.log.warning("supervisor.no_receiver_ready", hint="a receiver is restarting")
                 continue
-            assert target.control is not None
-            try:
-                socket.send_fds(target.control, [b"conn"], [sock.fileno()])
-                target.open_connections += 1
-            except OSError as exc:
-                self.log.warning("supervisor.handoff_failed", shard=target.shard, error=str(exc))
-            finally:
-                sock.close()  # the receiver holds its own copy now
+            self._hand(target, [b"conn"], [sock.fileno()])
+            sock.close()  # the receiver holds its own copy now
 
-    def _least_loaded(self) -> ReceiverSlot | None:
-        ready = [s for s in self.slots if s.ready]
+    def _hand(self, target: ReceiverSlot, msg: list[bytes], fds: list[int]) -> bool:
+        assert target.control is not None
+        try:
+            socket.send_fds(target.control, msg, fds)
+        except OSError as exc:
+            self.log.warning("supervisor.handoff_failed", shard=target.shard, error=str(exc))
+            return False
+        target.open_connections += 1
+        return True
+
+    def _least_loaded(self, exclude: ReceiverSlot | None = None) -> ReceiverSlot | None:
+        ready = [s for s in self.slots if s.takes_connections and s is not exclude]
         return min(ready, key=lambda s: (s.open_connections, s.shard)) if ready else None
 
     def _on_receiver_message(self, slot: ReceiverSlot) -> None:
-        assert slot.control is not None
         for _ in range(1024):
+            if slot.control is None:
+                return
             try:
-                msg = slot.control.recv(4096)
+                msg, fds, _flags, _addr = socket.recv_fds(slot.control, 65536, 4)
             except BlockingIOError:
                 return
             except OSError:
-                msg = b""
+                msg, fds = b"", []
             if not msg:
                 self._receiver_gone(slot)
                 return
             if msg == b"closed":
                 slot.open_connections = max(0, slot.open_connections - 1)
+            elif msg.startswith(b"move "):
+                self._forward_move(slot, msg[5:], fds)
+            elif msg == b"retired":
+                self.log.info("supervisor.receiver.retired", shard=slot.shard)
+                with contextlib.suppress(OSError):
+                    slot.control.send(b"stop")
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def _forward_move(self, source: ReceiverSlot, state: bytes, fds: list[int]) -> None:
+        source.open_connections = max(0, source.open_connections - 1)
+        target = self._least_loaded(exclude=source)
+        try:
+            if target is None or not self._hand(target, [b"adopt " + state], fds):
+                self.log.error("supervisor.move_failed", shard=source.shard,
+                               hint="no receiver could take the connection; it is closed")
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _receiver_gone(self, slot: ReceiverSlot) -> None:
         if slot.control is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(slot.control)
+            with contextlib.suppress(KeyError, ValueError, zmq.ZMQError):
+                self.poller.unregister(slot.control)
             slot.control.close()
             slot.control = None
         slot.ready = False
@@ -243,51 +356,157 @@ class Supervisor:
     def _reap(self) -> None:
         for slot in self.slots:
             proc = slot.proc
-            if proc is None:
-                continue
-            code = proc.poll()
-            if code is None:
+            if proc is None or proc.poll() is None:
                 continue
             if slot.control is not None:
                 self._receiver_gone(slot)
-            if self.stopping:
+            if slot.state == RETIRING:
+                slot.state = INACTIVE
+                slot.proc = None
+                self.log.info("supervisor.receiver.stopped", shard=slot.shard, pid=proc.pid)
                 continue
-            if time.monotonic() < slot.restart_at:
+            if self.stopping or slot.state != ACTIVE or time.monotonic() < slot.restart_at:
                 continue
             self.log.warning("supervisor.receiver.died", shard=slot.shard, pid=proc.pid,
-                             exit_code=code, restarts=slot.restarts + 1)
+                             exit_code=proc.returncode, restarts=slot.restarts + 1)
             slot.restarts += 1
             self._spawn(slot)
-            assert slot.control is not None
-            slot.control.settimeout(BOOT_TIMEOUT_S)
             try:
-                msg = slot.control.recv(4096)
-            except (TimeoutError, OSError):
-                msg = b""
-            if not msg.startswith(b"ready "):
+                self._await_ready(slot)
+            except BrokerStartError as exc:
                 # A receiver that cannot boot now will not boot on the next try either.
                 self.log.error("supervisor.receiver.boot_failed", shard=slot.shard,
-                               message=msg.decode(errors="replace")[:200])
+                               error=str(exc))
                 self.stopping = True
                 self.exit_code = 3
                 return
-            slot.info = json.loads(msg[6:])
-            slot.ready = True
-            slot.control.setblocking(False)
-            self.sel.register(slot.control, selectors.EVENT_READ, slot)
-            self.log.info("supervisor.receiver.restarted", shard=slot.shard, pid=slot.proc.pid
-                          if slot.proc else None, resumed_at_batch=slot.info.get(
-                              "resumed_at_batch"))
+            self.log.info("supervisor.receiver.restarted", shard=slot.shard,
+                          pid=slot.proc.pid if slot.proc else None,
+                          resumed_at_batch=slot.info.get("resumed_at_batch"))
 
-    exit_code = 0
+    # ------------------------------------------------------------------ metrics
+
+    def _on_metrics(self) -> None:
+        assert self.metrics_sock is not None
+        for _ in range(256):
+            try:
+                raw = self.metrics_sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                snap = json.loads(raw)
+            except ValueError:
+                continue
+            with self.metrics_lock:
+                self.metrics.update(snap)
+
+    def metrics_report(self) -> dict[str, Any]:
+        active = [s.shard for s in self.slots if s.state == ACTIVE]
+        with self.metrics_lock:
+            report = self.metrics.report(active)
+        report["total"]["receivers"] = len(active)
+        return report
+
+    # ------------------------------------------------------------------ control
+
+    def _on_control_request(self) -> None:
+        assert self.control_sock is not None
+        for _ in range(64):
+            try:
+                frames = self.control_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ident, body = frames[0], frames[-1]
+            try:
+                cmd, args = envelope.parse_request(body)
+                reply = envelope.reply_ok(self._command(cmd, args))
+            except (envelope.EnvelopeError, ShardbrokerError, ValueError) as exc:
+                reply = envelope.reply_error(str(exc))
+            self.control_sock.send_multipart([ident, b"", reply])
+
+    def _command(self, cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "status":
+            return self.status()
+        if cmd == "stats":
+            return self.metrics_report()
+        if cmd == "scale":
+            return self.scale(int(args.get("threads", 0)))
+        if cmd == "drain":
+            self.drain()
+            return {"draining": True}
+        if cmd == "stop":
+            self.log.info("supervisor.stop_requested")
+            self.stopping = True
+            return {"stopping": True}
+        raise ValueError(f"unknown command {cmd}")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(), "listen": self.listen_addr, "segment": self.segment_name,
+            "control": self.control_endpoint, "backend": self.cfg.broker.backend,
+            "threads": sum(1 for s in self.slots if s.state == ACTIVE),
+            "max_threads": len(self.slots), "draining": self.draining,
+            "accepted": self.accepted, "uptime_s": round(time.time() - self.started_at, 1),
+            "receivers": [self._slot_status(s) for s in self.slots if s.state != INACTIVE],
+        }
+
+    def _slot_status(self, s: ReceiverSlot) -> dict[str, Any]:
+        pid = s.proc.pid if s.proc else None
+        return {
+            "shard": s.shard, "pid": pid, "cpu": s.cpu, "state": s.state, "ready": s.ready,
+            "backend": s.info.get("backend"), "open_connections": s.open_connections,
+            "restarts": s.restarts,
+            "allowed_cpus": linux.read_allowed_cpus(pid) if pid else None,
+        }
+
+    def drain(self) -> None:
+        """Stop taking new connections; the ones open keep streaming."""
+        if self.listener is not None:
+            with contextlib.suppress(KeyError, ValueError, zmq.ZMQError):
+                self.poller.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+        self.draining = True
+        self.log.info("supervisor.draining")
+
+    def scale(self, n: int) -> dict[str, Any]:
+        active = [s for s in self.slots if s.state == ACTIVE]
+        if not 1 <= n <= len(self.slots):
+            raise ValueError(f"threads must be within 1..{len(self.slots)} (the segment has "
+                             f"{len(self.slots)} shards; raise broker.max_threads to allow more)")
+        if any(s.state == RETIRING for s in self.slots):
+            raise ValueError("a scale-down is still in progress; try again in a moment")
+        if n > len(active):
+            for slot in self.slots:
+                if len([s for s in self.slots if s.state == ACTIVE]) >= n:
+                    break
+                if slot.state == INACTIVE:
+                    slot.state = ACTIVE
+                    self._spawn(slot)
+                    self._await_ready(slot)
+            self._rebalance()
+        elif n < len(active):
+            for slot in active[n:]:
+                slot.state = RETIRING
+                assert slot.control is not None
+                slot.control.send(b"handoff all")
+        self.log.info("supervisor.scaled", threads=n)
+        return {"threads": n, "receivers": [self._slot_status(s) for s in self.slots
+                                            if s.state != INACTIVE]}
+
+    def _rebalance(self) -> None:
+        ready = [s for s in self.slots if s.takes_connections]
+        total = sum(s.open_connections for s in ready)
+        target = math.ceil(total / len(ready)) if ready else 0
+        for s in ready:
+            if s.open_connections > target and s.control is not None:
+                s.control.send(f"handoff {s.open_connections - target}".encode())
 
     # ------------------------------------------------------------------ stop
 
     def shutdown(self) -> int:
         """Stop accepting, let receivers finish batches in flight, stop them, drop the segment."""
         if self.listener is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(self.listener)
             self.listener.close()
             self.listener = None
         for slot in self.slots:
@@ -304,13 +523,27 @@ class Supervisor:
                 self.log.warning("supervisor.receiver.kill", shard=slot.shard, pid=slot.proc.pid)
                 slot.proc.kill()
                 slot.proc.wait()
+        self._on_metrics()  # the receivers' final snapshots
         for slot in self.slots:
             if slot.control is not None:
                 slot.control.close()
                 slot.control = None
+        self._close_zmq()
         self.release_segment()
         self.log.info("supervisor.stopped", accepted=self.accepted)
         return self.exit_code
+
+    def _close_zmq(self) -> None:
+        endpoints.clear_default_endpoint(self.control_endpoint)
+        for s in (self.control_sock, self.metrics_sock):
+            if s is not None:
+                s.close(linger=0)
+        self.ctx.term()
+        with contextlib.suppress(OSError):
+            rundir = endpoints.runtime_dir() / self.segment_name
+            for f in rundir.iterdir():
+                f.unlink()
+            rundir.rmdir()
 
     def release_segment(self) -> None:
         if self.mapped is None:
@@ -324,7 +557,7 @@ class Supervisor:
             shm.unlink(self.segment_name)
 
     def abort(self) -> None:
-        """Start failed: kill whatever was spawned and drop the segment."""
+        """Start failed: kill whatever was spawned, drop the segment and endpoints."""
         for slot in self.slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.kill()
@@ -333,4 +566,6 @@ class Supervisor:
                 slot.control.close()
         if self.listener is not None:
             self.listener.close()
+        with contextlib.suppress(Exception):
+            self._close_zmq()
         self.release_segment()

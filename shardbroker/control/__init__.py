@@ -1,0 +1,1 @@
+"""Control plane and metrics over ZeroMQ: endpoints, request envelope, client, aggregation."""
