@@ -108,6 +108,24 @@ def _build_parser() -> argparse.ArgumentParser:
             c.add_argument("threads", type=int, help="receivers to run")
         if name == "top":
             c.add_argument("--interval", type=float, default=1.0)
+    topo = sub.add_parser("topology", help="NUMA nodes, the NIC's node and the placement plan",
+                          description="Discover NUMA nodes (CPU lists, memory-only nodes such "
+                                      "as CXL), the NIC's node, and print where receivers and "
+                                      "the segment would go.")
+    topo.add_argument("--nic", help="interface publishers arrive on (default: default route)")
+    topo.add_argument("--config", help="TOML config (reserve_cpus, memory_node, ...)")
+    topo.add_argument("--json", action="store_true")
+    doc = sub.add_parser("doctor", help="check every receive-path lever and say how to fix it",
+                         description="The recommended order of levers as checks: kernel "
+                                     "buffers, recv calls per batch, GRO/coalescing, NUMA, "
+                                     "io_uring, busy polling. Uses a running broker, or runs a "
+                                     "short loopback self-test. Exit 1 if anything fails.")
+    doc.add_argument("--control", help="control endpoint of a running broker")
+    doc.add_argument("--nic", help="interface to check (default: default route)")
+    doc.add_argument("--config", help="TOML config the broker runs with")
+    doc.add_argument("--no-self-test", action="store_true",
+                     help="do not start a broker when none is running")
+    doc.add_argument("--json", action="store_true")
     keys = sub.add_parser("keys", help="write a CURVE key pair for a tcp:// control endpoint")
     keys.add_argument("directory")
     return p
@@ -173,6 +191,45 @@ def cmd_keys(a: argparse.Namespace) -> int:
                       "hint": "set control.curve_secret_key_file to the secret file; give "
                               "clients the public file (--curve-server-key)"}))
     return 0
+
+
+def cmd_topology(a: argparse.Namespace) -> int:
+    from shardbroker.platform.topology import read_topology
+    from shardbroker.supervisor.supervisor import placement_for
+
+    cfg = config_mod.load(a.config)
+    if a.nic:
+        cfg.broker.nic = a.nic
+    plan = placement_for(cfg)
+    topo = read_topology("/", nic=plan.nic)
+    out: dict[str, Any] = {
+        "nodes": [{"node": n.node_id, "cpus": list(n.cpus), "memory_kb": n.memory_kb,
+                   "memory_only": not n.has_cpus} for n in topo.nodes],
+        "allowed_cpus": list(topo.allowed_cpus), "plan": plan.to_dict(),
+    }
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    for n in out["nodes"]:
+        print(f"node {n['node']}: cpus {n['cpus'] or '-'}"
+              + (" (memory only, e.g. CXL)" if n["memory_only"] else "")
+              + (f", {n['memory_kb'] // 1024} MiB" if n["memory_kb"] else ""))
+    p = out["plan"]
+    print(f"allowed cpus {out['allowed_cpus']}; NIC {p['nic']} on node {p['nic_node']}")
+    print(f"plan: receivers on cpus {p['receiver_cpus']} (node {p['cpu_node']}), segment "
+          f"memory on node {p['memory_node']}, reserved {p['reserved_cpus']}")
+    for note in p["notes"]:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from shardbroker import doctor
+
+    cfg = config_mod.load(a.config)
+    rep = doctor.gather(cfg, a.control, a.nic, self_test=not a.no_self_test)
+    print(json.dumps(rep) if a.json else f"source: {rep['source']}\n" + doctor.render(rep))
+    return 0 if rep["ok"] else 1
 
 
 def _run_overrides(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -258,7 +315,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "publish": cmd_publish, "dump": cmd_dump, "demo": cmd_demo,
             "status": cmd_status, "stats": cmd_stats, "top": cmd_top, "drain": cmd_simple,
-            "stop": cmd_simple, "scale": cmd_simple, "keys": cmd_keys}
+            "stop": cmd_simple, "scale": cmd_simple, "keys": cmd_keys,
+            "topology": cmd_topology, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,10 @@ class BrokerConfig:
     broker_id: int = 0
     backend: str = "epoll"
     pin_cpus: bool = True
+    nic: str = ""  # interface publishers arrive on ("" = the default route's); sets the NUMA node
+    reserve_cpus: int = 0  # first CPUs of the NIC's node left to the supervisor and IRQs
+    numactl: bool = False  # start receivers under numactl --cpunodebind/--membind
+    accept: str = "supervisor"  # supervisor (fd hand-off) | reuseport (per-receiver listeners)
     restart_backoff_s: float = 0.2
 
 
@@ -54,6 +58,9 @@ class SegmentConfig:
     prefault: bool = True
     keep: bool = False
     mode: int = 0o600
+    memory_node: int = -1  # NUMA node for the segment's pages; -1 = the receivers' node
+    hugepages: str = "off"  # off | thp | hugetlbfs
+    hugetlbfs_mount: str = "/dev/hugepages"
 
 
 @dataclass
@@ -63,6 +70,9 @@ class SocketConfig:
     rcvlowat_cap: int = 1 << 20  # 0 disables SO_RCVLOWAT
     quickack: bool = True
     nodelay: bool = True
+    busy_poll_us: int = 0  # SO_BUSY_POLL; 0 = off
+    prefer_busy_poll: bool = False  # SO_PREFER_BUSY_POLL
+    incoming_cpu: bool = False  # SO_INCOMING_CPU = the receiver's CPU on accepted sockets
 
 
 @dataclass
@@ -130,6 +140,16 @@ class Config:
             raise ConfigError("limits.max_messages_per_batch", "must be within 1..1000000")
         if self.socket.rcvlowat_cap < 0 or self.socket.rcvbuf < 0:
             raise ConfigError("socket", "sizes must be >= 0")
+        if self.broker.accept not in ("supervisor", "reuseport"):
+            raise ConfigError("broker.accept", f"{self.broker.accept!r} is not an accept mode",
+                              hint="use 'supervisor' or 'reuseport'")
+        if self.broker.reserve_cpus < 0:
+            raise ConfigError("broker.reserve_cpus", "must be >= 0")
+        if self.segment.hugepages not in ("off", "thp", "hugetlbfs"):
+            raise ConfigError("segment.hugepages", f"{self.segment.hugepages!r} is not a mode",
+                              hint="use off, thp or hugetlbfs")
+        if self.socket.busy_poll_us < 0:
+            raise ConfigError("socket.busy_poll_us", "must be >= 0")
         if self.metrics.interval_s < 0:
             raise ConfigError("metrics.interval_s", "must be >= 0 (0 turns metrics off)")
         if self.metrics.prometheus:

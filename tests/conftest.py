@@ -36,7 +36,8 @@ def _is_mp_helper(pid: str) -> bool:
 
 def _shm_segments() -> set[str]:
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("shardbroker")}
+        # our segments, and the named semaphores multiprocessing makes for the publishers
+        return {n for n in os.listdir("/dev/shm") if n.startswith(("shardbroker", "sem.mp-"))}
     except OSError:
         return set()
 

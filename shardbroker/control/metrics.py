@@ -14,6 +14,7 @@ COUNTERS = (
     "bytes", "batches", "messages", "recv_calls", "payload_recv_calls", "eagain", "wakeups",
     "lowat_sets", "acks_sent", "connections_total", "disconnects_mid_batch",
     "lapped_in_flight", "moved_in", "moved_out", "cpu_user_s", "cpu_sys_s", "backpressured_s",
+    "uring_enters", "uring_completions",
 )
 RATES = ("bytes", "batches", "messages", "recv_calls", "wakeups", "cpu_user_s", "cpu_sys_s")
 HIST_KEYS = ("1", "2", "4", "8", "16", "32", "64+")
@@ -57,6 +58,7 @@ class ShardFigures:
             commit_latency_us=s.get("commit_latency_us", {}),
             segment_fill=s.get("segment_fill", {}), rss_bytes=s.get("rss_bytes", 0),
             backend=s.get("backend"), pid=s.get("pid"), updated=s.get("time"),
+            socket_options=s.get("socket_options", {}),
             rates=self.rates(),
         )
         return out
@@ -97,6 +99,8 @@ class MetricsAggregator:
             rejected_total=sum(rejected.values()),
             recv_calls_per_batch=_ratio(total["recv_calls"], total["batches"]),
             wakeups_per_batch=_ratio(total["wakeups"], total["batches"]),
+            uring_enters_per_batch=_ratio(total["uring_enters"], total["batches"]),
+            uring_completions_per_batch=_ratio(total["uring_completions"], total["batches"]),
             connections_open=sum(f["connections_open"] for f in shards.values()),
             rcvbuf_min=min((f["rcvbuf_min"] for f in rcv), default=0),
             rcvbuf_max=max((f["rcvbuf_max"] for f in rcv), default=0),

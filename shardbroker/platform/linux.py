@@ -130,3 +130,124 @@ def read_allowed_cpus(pid: int) -> list[int] | None:
     except OSError:
         return None
     return None
+
+
+# --------------------------------------------------------------------------- socket options
+
+
+def apply_socket_options(sock: socket.socket, opts: dict[str, int]) -> dict[str, AppliedOption]:
+    """Set each option and read back what the kernel applied (or record its refusal).
+
+    ``opts`` keys: rcvbuf, rcvbuf_force, busy_poll_us, prefer_busy_poll, incoming_cpu,
+    quickack, nodelay. Zero/absent values are left alone.
+    """
+    out: dict[str, AppliedOption] = {}
+    if opts.get("rcvbuf"):
+        out["SO_RCVBUF"] = set_rcvbuf(sock, opts["rcvbuf"], force=bool(opts.get("rcvbuf_force")))
+    table = (
+        ("busy_poll_us", "SO_BUSY_POLL", socket.SOL_SOCKET, SO_BUSY_POLL),
+        ("prefer_busy_poll", "SO_PREFER_BUSY_POLL", socket.SOL_SOCKET, SO_PREFER_BUSY_POLL),
+        ("incoming_cpu", "SO_INCOMING_CPU", socket.SOL_SOCKET, SO_INCOMING_CPU),
+        ("nodelay", "TCP_NODELAY", socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        ("quickack", "TCP_QUICKACK", socket.IPPROTO_TCP, TCP_QUICKACK),
+    )
+    for key, name, level, opt in table:
+        value = opts.get(key)
+        if value is None or (value == 0 and key != "incoming_cpu"):
+            continue
+        try:
+            out[name] = AppliedOption(name, value, set_int_option(sock, level, opt, value))
+        except OSError as exc:
+            out[name] = AppliedOption(name, value, None, exc.strerror or str(exc))
+    return out
+
+
+# --------------------------------------------------------------------------- NUMA memory
+
+SYS_MBIND = 237  # x86_64
+MPOL_BIND = 2
+MPOL_MF_STRICT = 1
+MPOL_MF_MOVE = 2
+
+
+def mbind(mm: mmap.mmap, length: int, node: int) -> None:
+    """Bind a mapping's pages to one NUMA node (before prefaulting, so they land there)."""
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    mask = ctypes.c_ulong(1 << node)
+    maxnode = ctypes.sizeof(ctypes.c_ulong) * 8 + 1
+    res = _libc.syscall(SYS_MBIND, ctypes.c_void_p(addr), ctypes.c_size_t(length), MPOL_BIND,
+                        ctypes.byref(mask), ctypes.c_ulong(maxnode), MPOL_MF_MOVE)
+    if res != 0:
+        err = ctypes.get_errno()
+        raise PlatformError("mbind", err, f"cannot bind the segment to node {node}: "
+                            f"{os.strerror(err)}",
+                            hint="check the node exists (`shardbroker topology`) and has memory")
+
+
+def numa_maps_pages(pid: int, path_fragment: str) -> dict[int, int] | None:
+    """Pages per NUMA node of the mapping whose path contains ``path_fragment``, read back
+    from /proc/PID/numa_maps (None: the process or mapping is not there)."""
+    try:
+        with open(f"/proc/{pid}/numa_maps") as f:
+            lines = [ln for ln in f if path_fragment in ln]
+    except OSError:
+        return None
+    if not lines:
+        return None
+    pages: dict[int, int] = {}
+    for ln in lines:
+        for field in ln.split():
+            if field.startswith("N") and "=" in field:
+                node, count = field[1:].split("=", 1)
+                if node.isdigit():
+                    pages[int(node)] = pages.get(int(node), 0) + int(count)
+    return pages
+
+
+# --------------------------------------------------------------------------- huge pages
+
+MADV_HUGEPAGE = 14
+
+
+def hugepages_free(size_kb: int = 2048, root: str = "/") -> int:
+    path = os.path.join(root, f"sys/kernel/mm/hugepages/hugepages-{size_kb}kB/free_hugepages")
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except OSError:
+        return 0
+
+
+def madvise_hugepage(mm: mmap.mmap, length: int) -> str:
+    """Ask for transparent huge pages; returns the kernel's shmem THP mode (it decides)."""
+    try:
+        mm.madvise(MADV_HUGEPAGE, 0, length)
+    except OSError as exc:
+        return f"refused: {exc.strerror}"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            mode = f.read().strip()
+    except OSError:
+        return "unknown"
+    return mode
+
+
+def reuseport_listener(host: str, port: int, incoming_cpu: int | None, listen: bool
+                       ) -> socket.socket:
+    """A TCP socket in a SO_REUSEPORT group. With ``incoming_cpu`` the kernel prefers this
+    listener for connections whose packets that CPU processed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if incoming_cpu is not None:
+            s.setsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU, incoming_cpu)
+        s.bind((host, port))
+        if listen:
+            s.listen(1024)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s

@@ -86,7 +86,14 @@ def main(argv: list[str]) -> int:
         control.send(b"fail " + json.dumps({"error": str(exc)}).encode())
         return 3
     publisher = MetricsPublisher(spec.metrics_endpoint, cfg.metrics.interval_s)
-    loop = ReceiveLoop(cfg, writer, control, log, on_tick=publisher.tick)
+    listener = None
+    if spec.reuseport_listen:
+        host, port = config_mod.parse_hostport(spec.reuseport_listen)
+        incoming = spec.cpu if cfg.socket.incoming_cpu or cfg.broker.accept == "reuseport" \
+            else None
+        listener = linux.reuseport_listener(host, port, incoming, listen=True)
+    loop = ReceiveLoop(cfg, writer, control, log, on_tick=publisher.tick, cpu=spec.cpu,
+                       listener=listener)
     control.send(b"ready " + json.dumps({
         "shard": spec.shard, "cpu": spec.cpu, "backend": loop.backend,
         "allowed_cpus": linux.allowed_cpus(), "resumed_at_batch": writer.next_index,

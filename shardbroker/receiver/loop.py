@@ -63,9 +63,15 @@ def percentile(sorted_values: list[int], q: float) -> int:
 
 
 class ReceiveLoop:
+    """The epoll backend, and the connection/commit/ack/stats/hand-over logic every backend
+    shares (receiver/uring_loop.py subclasses it; receiver/backend.py picks one)."""
+
+    connection_class: type[Connection] = Connection  # a backend may keep more per connection
+
     def __init__(self, cfg: Config, writer: ShardWriter, control: socket.socket, log: Any,
                  backend: str = "epoll",
-                 on_tick: Callable[[ReceiveLoop], None] | None = None) -> None:
+                 on_tick: Callable[[ReceiveLoop], None] | None = None,
+                 cpu: int | None = None, listener: socket.socket | None = None) -> None:
         self.cfg = cfg
         self.writer = writer
         self.buf = writer.buf
@@ -88,6 +94,16 @@ class ReceiveLoop:
         self.retired_sent = False
         self.moved_out = 0
         self.moved_in = 0
+        s = cfg.socket
+        self.socket_requests: dict[str, int] = {
+            "rcvbuf": s.rcvbuf, "rcvbuf_force": int(s.rcvbuf_force),
+            "busy_poll_us": s.busy_poll_us, "prefer_busy_poll": int(s.prefer_busy_poll),
+            "nodelay": int(s.nodelay), "quickack": int(s.quickack),
+        }
+        if s.incoming_cpu and cpu is not None:
+            self.socket_requests["incoming_cpu"] = cpu
+        self.socket_options: dict[str, linux.AppliedOption] = {}
+        self.listener = listener  # SO_REUSEPORT accept mode: this receiver accepts itself
         # statistics (plain ints: the hot path must not pay for metrics)
         self.recv_calls = 0
         self.payload_recv_calls = 0
@@ -109,11 +125,17 @@ class ReceiveLoop:
         self.latency_ns = [0] * LATENCY_RING
         self.latency_count = 0
         self.backpressured_s = 0.0  # time not reading because the segment was full (none yet)
+        self.uring_enters = 0  # io_uring_enter calls (uring backend; 0 here)
+        self.uring_completions = 0  # CQEs reaped (uring backend; 0 here)
+        self.backend_fallback = ""  # why `auto` did not get io_uring ("" = it was not asked)
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
         self.ep.register(self.control.fileno(), EPOLLIN)
+        if self.listener is not None:
+            self.ep.register(self.listener.fileno(), EPOLLIN)
+        listen_fd = self.listener.fileno() if self.listener is not None else -2
         next_stats = time.monotonic() + STATS_INTERVAL_S
         ctrl_fd = self.control.fileno()
         conns = self.conns
@@ -136,6 +158,8 @@ class ReceiveLoop:
                     elif fd == ctrl_fd:
                         if not self._on_control():
                             return
+                    elif fd == listen_fd:
+                        self._accept()
                     else:
                         owner = self.ack_owner.get(fd)
                         if owner is not None:
@@ -177,11 +201,14 @@ class ReceiveLoop:
         elif msg.startswith(b"handoff "):
             arg = msg[8:].decode()
             if arg == "all":
+                self.close_listener()
                 self.retiring = True
                 self.moves_wanted = len(self.conns)
             else:
                 self.moves_wanted = max(0, min(int(arg), len(self.conns)))
             self._start_moves()
+        elif msg.startswith(b"drain"):
+            self.close_listener()
         elif msg.startswith(b"stop"):
             self._begin_stop()
         else:
@@ -190,7 +217,30 @@ class ReceiveLoop:
             self.log.warning("receiver.control.unknown", message=msg[:32].decode("latin-1"))
         return True
 
+    def _accept(self) -> None:
+        assert self.listener is not None
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log.warning("receiver.accept_failed", error=str(exc))
+                return
+            fd = sock.detach()
+            if self._adopt(fd) is not None:
+                with contextlib.suppress(OSError):
+                    self.control.send(b"opened")
+
+    def close_listener(self) -> None:
+        if self.listener is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.ep.unregister(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
+
     def _begin_stop(self) -> None:
+        self.close_listener()
         self.stopping = True
         self.stop_deadline = time.monotonic() + 5.0
         for c in list(self.conns.values()):
@@ -214,28 +264,48 @@ class ReceiveLoop:
             peer = "{}:{}".format(*sock.getpeername()[:2])
         except OSError:
             peer = "?"
-        s = self.cfg.socket
-        if s.nodelay:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if s.quickack:
-            linux.set_quickack(sock)  # not sticky; the kernel re-enters delayed-ack mode
-        if s.rcvbuf:
-            opt = linux.set_rcvbuf(sock, s.rcvbuf, force=s.rcvbuf_force)
-            if opt.applied is None:
-                self.log.warning("receiver.socket.rcvbuf_refused", requested=s.rcvbuf,
-                                 error=opt.error)
-            elif opt.applied < s.rcvbuf:
-                self.log.warning(
-                    "receiver.socket.rcvbuf_capped", requested=s.rcvbuf, applied=opt.applied,
-                    hint="raise net.core.rmem_max (tools/tune_kernel_buffers.sh --apply) "
-                         "or set socket.rcvbuf_force as root",
-                )
+        # TCP_QUICKACK is not sticky (the kernel may return to delayed acks); it is set once.
+        applied = linux.apply_socket_options(sock, self.socket_requests)
+        if applied != self.socket_options:
+            self._report_socket_options(applied)
         self._note_rcvbuf(sock)
-        conn = Connection(sock, peer)
+        conn = self.connection_class(sock, peer)
         self.conns[fd] = conn
         self.connections_total += 1
-        self.ep.register(fd, EPOLLIN)
+        self._watch(conn)
         return conn
+
+    def _watch(self, conn: Connection) -> None:
+        """Start receiving on a new connection (epoll: wait for EPOLLIN)."""
+        self.ep.register(conn.fd, EPOLLIN)
+
+    def _at_boundary(self, conn: Connection) -> bool:
+        """A batch or the handshake just completed: close or hand the connection over if that
+        was asked for. True while the connection is still this receiver's."""
+        if conn.closing:
+            self._close(conn, "receiver.stop")
+            return False
+        if conn.moving:
+            self._hand_over(conn)
+            return self.conns.get(conn.fd) is conn
+        return True
+
+    def _report_socket_options(self, applied: dict[str, linux.AppliedOption]) -> None:
+        """Log what the kernel applied (once per change), warn where it refused or capped."""
+        self.socket_options = applied
+        for name, opt in applied.items():
+            if opt.applied is None:
+                self.log.warning("receiver.socket.option_refused", option=name,
+                                 requested=opt.requested, error=opt.error)
+            elif name == "SO_RCVBUF" and opt.applied < opt.requested:
+                self.log.warning(
+                    "receiver.socket.rcvbuf_capped", requested=opt.requested,
+                    applied=opt.applied,
+                    hint="raise net.core.rmem_max (tools/tune_kernel_buffers.sh --apply) "
+                         "or set socket.rcvbuf_force as root")
+        self.log.info("receiver.socket.options", **{
+            n: o.applied if o.applied is not None else f"refused: {o.error}"
+            for n, o in applied.items()})
 
     # ------------------------------------------------------------------ live rebalancing
 
@@ -397,13 +467,8 @@ class ReceiveLoop:
                         conn.target = conn.target[n:]  # type: ignore[index]
                         continue
                     self._complete_batch(conn)
-                    if conn.closing:
-                        self._close(conn, "receiver.stop")
+                    if (conn.closing or conn.moving) and not self._at_boundary(conn):
                         return
-                    if conn.moving:
-                        self._hand_over(conn)
-                        if conn.fd not in self.conns:
-                            return
                     if budget <= 0:
                         break
                 else:
@@ -427,10 +492,8 @@ class ReceiveLoop:
                         continue
                     if conn.phase == PHASE_HANDSHAKE:
                         self._on_handshake(conn)
-                        if conn.moving:
-                            self._hand_over(conn)
-                            if conn.fd not in self.conns:
-                                return
+                        if conn.moving and not self._at_boundary(conn):
+                            return
                     else:
                         self._on_header(conn)
         except ProtocolError as exc:
@@ -604,7 +667,7 @@ class ReceiveLoop:
             self.recv_calls, self.payload_recv_calls, self.eagain, self.wakeups,
             len(self.conns), self.connections_total, self.rejected, self.disconnects_mid_batch,
             self.rcvbuf_min, self.rcvbuf_max, self.lowat_sets, self.acks_sent,
-            self.lapped_in_flight,
+            self.lapped_in_flight, self.uring_enters, self.uring_completions,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -619,6 +682,7 @@ class ReceiveLoop:
                 rcv.append(linux.rcvbuf(c.sock))
         return {
             "shard": w.shard, "pid": os.getpid(), "backend": self.backend,
+            "backend_fallback": self.backend_fallback,
             "time": time.time(),
             "bytes": self.bytes, "batches": self.batches, "messages": self.messages,
             "committed_batches": w.next_index, "committed_bytes": w.bytes,
@@ -627,6 +691,7 @@ class ReceiveLoop:
             "recv_calls_hist": dict(zip([str(b) for b in HIST_BUCKETS[:-1]] + ["64+"],
                                         self.recv_hist, strict=True)),
             "eagain": self.eagain, "wakeups": self.wakeups, "lowat_sets": self.lowat_sets,
+            "uring_enters": self.uring_enters, "uring_completions": self.uring_completions,
             "acks_sent": self.acks_sent,
             "rcvbuf_min": min(rcv) if rcv else self.rcvbuf_min,
             "rcvbuf_max": max(rcv) if rcv else self.rcvbuf_max,
@@ -642,6 +707,8 @@ class ReceiveLoop:
             },
             "cpu_user_s": ru.ru_utime, "cpu_sys_s": ru.ru_stime, "rss_bytes": _rss_bytes(),
             "moved_in": self.moved_in, "moved_out": self.moved_out,
+            "socket_options": {n: {"requested": o.requested, "applied": o.applied,
+                                   "error": o.error} for n, o in self.socket_options.items()},
         }
 
     def flush_stats(self) -> None:

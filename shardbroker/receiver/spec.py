@@ -17,6 +17,7 @@ class ReceiverSpec:
     control_fd: int  # the receiver's end of a SOCK_SEQPACKET pair with the supervisor
     config: dict[str, Any]  # config.to_dict() of the supervisor's Config
     metrics_endpoint: str = ""  # ZeroMQ PULL endpoint of the supervisor; "" = no metrics
+    reuseport_listen: str = ""  # HOST:PORT: accept here ourselves (SO_REUSEPORT mode)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

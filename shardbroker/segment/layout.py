@@ -108,6 +108,8 @@ STAT_FIELDS: tuple[str, ...] = (
     "lowat_sets",  # SO_RCVLOWAT setsockopt calls
     "acks_sent",
     "lapped_in_flight",  # batches abandoned because the ring lapped them mid-receive
+    "uring_enters",  # io_uring_enter calls (uring backend; 0 under epoll)
+    "uring_completions",  # io_uring completions (CQEs) reaped (uring backend)
 )
 STATS = struct.Struct("<" + "Q" * len(STAT_FIELDS))
 assert SH_STATS + STATS.size <= SH_TOPICS

@@ -61,8 +61,50 @@ class Mapped:
             self.mm.close()
 
 
+def is_file_segment(name: str) -> bool:
+    """A name with a directory (``/dev/hugepages/x``) is a file, e.g. on hugetlbfs; a bare
+    name is a POSIX shm object in /dev/shm."""
+    return "/" in name.strip("/")
+
+
+HUGE_PAGE = 2 << 20
+
+
+def _create_file(path: str, g: Geometry, mode: int) -> mmap.mmap:
+    size = (g.total_bytes + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+    need = size // HUGE_PAGE
+    free = linux.hugepages_free()
+    if free < need:
+        raise SegmentError(
+            f"hugetlbfs segment needs {need} free 2 MiB huge pages, the kernel has {free}",
+            hint=f"reserve them: tools/reserve_hugepages.sh {need} (vm.nr_hugepages)")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
+    except FileExistsError as exc:
+        raise SegmentError(f"segment {path} already exists",
+                           hint="remove it if no broker uses it") from exc
+    except OSError as exc:
+        raise SegmentError(f"cannot create {path}: {exc.strerror}",
+                           hint="is segment.hugetlbfs_mount a hugetlbfs mount? "
+                                "(mount -t hugetlbfs none /dev/hugepages)") from exc
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    except OSError as exc:
+        os.unlink(path)
+        raise SegmentError(f"cannot size or map {path}: {exc.strerror}",
+                           hint="reserve more huge pages (tools/reserve_hugepages.sh)") from exc
+    finally:
+        os.close(fd)
+
+
 def create(name: str, g: Geometry, broker_id: int = 0, mode: int = 0o600) -> Mapped:
     """Create a new segment exclusively, lay it out. The caller owns (and must unlink) it."""
+    if is_file_segment(name):
+        mm = _create_file(name, g, mode)
+        buf = memoryview(mm)
+        write_segment_header(buf, g, broker_id, time.time_ns(), os.getpid())
+        return Mapped(name, mm, buf, read_segment_header(buf))
     try:
         shm = posix_ipc.SharedMemory(shm_name(name), posix_ipc.O_CREX, mode=mode,
                                      size=g.total_bytes)
@@ -88,6 +130,8 @@ def create(name: str, g: Geometry, broker_id: int = 0, mode: int = 0o600) -> Map
 
 def attach(name: str, writable: bool = True) -> Mapped:
     """Map an existing segment (receivers read-write, consumers read-only)."""
+    if is_file_segment(name):
+        return _attach_file(name, writable)
     try:
         shm = posix_ipc.SharedMemory(shm_name(name), 0, read_only=not writable)
     except posix_ipc.ExistentialError as exc:
@@ -117,8 +161,30 @@ def attach(name: str, writable: bool = True) -> Mapped:
     return Mapped(name, mm, buf, header)
 
 
+def _attach_file(path: str, writable: bool) -> Mapped:
+    try:
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise SegmentError(f"segment {path} does not exist",
+                           hint="check the name in the broker's ready line") from exc
+    try:
+        size = os.fstat(fd).st_size
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        mm = mmap.mmap(fd, size, prot=prot)
+    finally:
+        os.close(fd)
+    buf = memoryview(mm)
+    return Mapped(path, mm, buf, read_segment_header(buf))
+
+
 def unlink(name: str) -> bool:
     """Remove the segment's name; mappings stay valid until unmapped. False if already gone."""
+    if is_file_segment(name):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            return False
+        return True
     try:
         posix_ipc.unlink_shared_memory(shm_name(name))
     except posix_ipc.ExistentialError:

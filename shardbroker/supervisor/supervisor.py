@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ from shardbroker.control import endpoints, envelope
 from shardbroker.control.metrics import MetricsAggregator
 from shardbroker.errors import BrokerStartError, ShardbrokerError
 from shardbroker.platform import linux
+from shardbroker.platform.topology import PlacementPlan, plan_placement, read_topology
 from shardbroker.receiver.spec import ReceiverSpec
 from shardbroker.segment import shm
 from shardbroker.segment.layout import Geometry
@@ -42,6 +44,17 @@ BOOT_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 8.0
 
 ACTIVE, RETIRING, INACTIVE = "active", "retiring", "inactive"
+
+
+def placement_for(cfg: Config, root: str = "/") -> PlacementPlan:
+    """The NUMA plan for this config on this machine (sysfs under ``root``)."""
+    from shardbroker.platform.topology import default_nic
+
+    nic = cfg.broker.nic or default_nic(root)
+    topo = read_topology(root, nic=nic)
+    mem = cfg.segment.memory_node if cfg.segment.memory_node >= 0 else None
+    return plan_placement(topo, receivers=None, reserve_cpus=cfg.broker.reserve_cpus,
+                          memory_node=mem)
 
 
 @dataclass
@@ -88,18 +101,26 @@ class Supervisor:
         self.metrics_lock = threading.Lock()
         self.poller = zmq.Poller()
         self.listen_addr = ""
+        self.placement = PlacementPlan((), None, None, None, None, (), ())
+        self.thp_mode = ""
+        self.numactl_warned = False
+        self.port_holder: socket.socket | None = None  # reuseport mode
 
     # ------------------------------------------------------------------ start
 
     def plan(self) -> tuple[int, list[int | None]]:
-        """(receivers to start, CPU of every shard the segment will have)."""
-        cpus = linux.allowed_cpus()
-        n = self.cfg.broker.threads or len(cpus)
-        shards = max(n, self.cfg.broker.max_threads or len(cpus))
+        """(receivers to start, CPU of every shard the segment will have), from the NUMA
+        placement plan: one receiver per allowed CPU of the NIC's node."""
+        b = self.cfg.broker
+        self.placement = placement_for(self.cfg)
+        cpus = list(self.placement.receiver_cpus)
+        n = b.threads or len(cpus)
+        shards = max(n, b.max_threads or len(cpus))
         if n > len(cpus):
             self.log.warning("supervisor.more_receivers_than_cpus", receivers=n,
                              cpus=len(cpus), hint="receivers will share CPUs")
-        if not self.cfg.broker.pin_cpus:
+        self.log.info("supervisor.placement", **self.placement.to_dict())
+        if not b.pin_cpus:
             return n, [None] * shards
         return n, [cpus[i % len(cpus)] for i in range(shards)]
 
@@ -107,11 +128,15 @@ class Supervisor:
         n, cpus = self.plan()
         seg = self.cfg.segment
         geometry = Geometry(len(cpus), seg.pbr_slots, seg.blog_bytes_per_shard)
+        if seg.hugepages == "hugetlbfs" and "/" not in self.segment_name:
+            self.segment_name = os.path.join(seg.hugetlbfs_mount, self.segment_name)
         self.mapped = shm.create(self.segment_name, geometry, self.cfg.broker.broker_id, seg.mode)
+        self._place_memory()
         prefault_s = shm.prefault(self.mapped) if seg.prefault else 0.0
         self.log.info("supervisor.segment.created", segment=self.segment_name,
                       bytes=geometry.total_bytes, shards=geometry.shard_count,
-                      prefault_s=round(prefault_s, 3))
+                      prefault_s=round(prefault_s, 3), hugepages=seg.hugepages,
+                      memory_node=self.placement.memory_node)
         self._bind_zmq()
         self._listen()
         self.slots = [ReceiverSlot(shard=i, cpu=c) for i, c in enumerate(cpus)]
@@ -145,10 +170,40 @@ class Supervisor:
         self.out.flush()
         return ready
 
+    def _place_memory(self) -> None:
+        """Bind the segment's pages to the planned node and apply the huge-page mode, before
+        the prefault touches (and so allocates) them."""
+        assert self.mapped is not None
+        seg = self.cfg.segment
+        node = self.placement.memory_node
+        if node is not None:
+            try:
+                linux.mbind(self.mapped.mm, len(self.mapped.mm), node)
+            except ShardbrokerError as exc:
+                if seg.memory_node >= 0:
+                    raise
+                self.log.warning("supervisor.segment.mbind_failed", error=str(exc))
+        if seg.hugepages == "thp":
+            mode = linux.madvise_hugepage(self.mapped.mm, len(self.mapped.mm))
+            self.thp_mode = mode
+            if "[never]" in mode or "[deny]" in mode:
+                self.log.warning("supervisor.segment.thp_off", shmem_enabled=mode,
+                                 hint="echo advise > /sys/kernel/mm/transparent_hugepage/"
+                                      "shmem_enabled, or use segment.hugepages = hugetlbfs")
+
+    def segment_placement(self) -> dict[str, Any]:
+        """Pages per NUMA node of the segment, read back from /proc/self/numa_maps."""
+        path = (self.segment_name if "/" in self.segment_name.strip("/")
+                else f"/dev/shm/{self.segment_name}")
+        pages = linux.numa_maps_pages(os.getpid(), path)
+        return {"planned_memory_node": self.placement.memory_node,
+                "pages_by_node": pages, "hugepages": self.cfg.segment.hugepages,
+                "thp_mode": self.thp_mode}
+
     def _bind_zmq(self) -> None:
         c = self.cfg.control
         endpoints.check_tcp_bind(c.endpoint, bool(c.curve_secret_key_file))
-        rundir = endpoints.broker_dir(self.segment_name)
+        rundir = endpoints.broker_dir(os.path.basename(self.segment_name))
         self.control_sock = self.ctx.socket(zmq.ROUTER)
         self.control_sock.setsockopt(zmq.LINGER, 0)
         if c.curve_secret_key_file:
@@ -178,6 +233,17 @@ class Supervisor:
     def _listen(self) -> None:
         host, port = parse_hostport(self.cfg.broker.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if self.cfg.broker.accept == "reuseport":
+            # Bound but never listening: it holds the port (and picks it when 0) while each
+            # receiver's own SO_REUSEPORT listener takes the connections.
+            try:
+                self.port_holder = linux.reuseport_listener(host, port, None, listen=False)
+            except OSError as exc:
+                raise BrokerStartError(f"cannot bind {host}:{port}: {exc.strerror}",
+                                       hint="pick another --listen address or port") from exc
+            h, p = self.port_holder.getsockname()[:2]
+            self.listen_addr = f"[{h}]:{p}" if family == socket.AF_INET6 else f"{h}:{p}"
+            return
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -197,15 +263,32 @@ class Supervisor:
             broker_id=self.cfg.broker.broker_id, control_fd=child_end.fileno(),
             config=config_mod.to_dict(self.cfg),
             metrics_endpoint=self.metrics_endpoint if self.cfg.metrics.interval_s > 0 else "",
+            reuseport_listen=self.listen_addr if self.port_holder is not None
+            and not self.draining else "",
         )
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardbroker.receiver", spec.to_json()],
+            [*self._numactl_prefix(), sys.executable, "-m", "shardbroker.receiver",
+             spec.to_json()],
             pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         )
         child_end.close()
         slot.control = parent_end
         slot.ready = False
         slot.open_connections = 0
+
+    def _numactl_prefix(self) -> list[str]:
+        if not self.cfg.broker.numactl:
+            return []
+        exe = shutil.which("numactl")
+        if exe is None:
+            if not self.numactl_warned:
+                self.log.warning("supervisor.numactl_missing",
+                                 hint="apt-get install numactl, or set broker.numactl = false")
+                self.numactl_warned = True
+            return []
+        p = self.placement
+        mem = p.memory_node if p.memory_node is not None else p.cpu_node
+        return [exe, f"--cpunodebind={p.cpu_node}", f"--membind={mem}"]
 
     def _await_ready(self, slot: ReceiverSlot) -> None:
         """Block until the receiver reports ready; BrokerStartError if it cannot boot."""
@@ -239,9 +322,9 @@ class Supervisor:
 
     def serve(self) -> int:
         """Run until a stop signal or command; returns the process exit code."""
-        assert self.listener is not None and self.control_sock is not None
-        assert self.metrics_sock is not None
-        self.poller.register(self.listener, zmq.POLLIN)
+        assert self.control_sock is not None and self.metrics_sock is not None
+        if self.listener is not None:
+            self.poller.register(self.listener, zmq.POLLIN)
         self.poller.register(self._sig_r, zmq.POLLIN)
         self.poller.register(self.control_sock, zmq.POLLIN)
         self.poller.register(self.metrics_sock, zmq.POLLIN)
@@ -323,6 +406,8 @@ class Supervisor:
                 return
             if msg == b"closed":
                 slot.open_connections = max(0, slot.open_connections - 1)
+            elif msg == b"opened":
+                slot.open_connections += 1
             elif msg.startswith(b"move "):
                 self._forward_move(slot, msg[5:], fds)
             elif msg == b"retired":
@@ -448,6 +533,8 @@ class Supervisor:
             "max_threads": len(self.slots), "draining": self.draining,
             "accepted": self.accepted, "uptime_s": round(time.time() - self.started_at, 1),
             "receivers": [self._slot_status(s) for s in self.slots if s.state != INACTIVE],
+            "placement": self.placement.to_dict(),
+            "segment_placement": self.segment_placement(),
         }
 
     def _slot_status(self, s: ReceiverSlot) -> dict[str, Any]:
@@ -466,6 +553,10 @@ class Supervisor:
                 self.poller.unregister(self.listener)
             self.listener.close()
             self.listener = None
+        for slot in self.slots:
+            if slot.control is not None and self.port_holder is not None:
+                with contextlib.suppress(OSError):
+                    slot.control.send(b"drain")
         self.draining = True
         self.log.info("supervisor.draining")
 
@@ -506,9 +597,10 @@ class Supervisor:
 
     def shutdown(self) -> int:
         """Stop accepting, let receivers finish batches in flight, stop them, drop the segment."""
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        for sock in (self.listener, self.port_holder):
+            if sock is not None:
+                sock.close()
+        self.listener = self.port_holder = None
         for slot in self.slots:
             if slot.control is not None:
                 with contextlib.suppress(OSError):
@@ -540,7 +632,7 @@ class Supervisor:
                 s.close(linger=0)
         self.ctx.term()
         with contextlib.suppress(OSError):
-            rundir = endpoints.runtime_dir() / self.segment_name
+            rundir = endpoints.runtime_dir() / os.path.basename(self.segment_name)
             for f in rundir.iterdir():
                 f.unlink()
             rundir.rmdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -78,11 +79,11 @@ def test_publisher_killed_mid_stream(broker: BrokerFactory) -> None:
         t, out = _in_thread(lambda: _load(b, connections=3, total=48 << 20))
         wait_for(lambda: sum(s["batches"] for s in shard_stats(b.segment)) > 20, 30,
                  "traffic")
-        os.killpg(victim.pid, signal.SIGKILL)  # the loader and its publisher process
+        _kill_publishers(victim.pid)  # the loader and its publisher process, mid-stream
         t.join(120)
     finally:
         if victim.poll() is None:
-            os.killpg(victim.pid, signal.SIGKILL)
+            _kill_publishers(victim.pid)
         victim.wait()
     assert not out["errors"]
     report = verify_segment(b.segment, out["publishers"], GEOM, unknown_clients_ok=True)
@@ -93,6 +94,27 @@ def test_publisher_killed_mid_stream(broker: BrokerFactory) -> None:
         killed = sorted(x.batch_seq for x in r.batches() if x.client_id not in honest)
     assert killed and killed == list(range(len(killed)))
     assert b.stop() == 0
+
+
+def _kill_publishers(pid: int) -> None:
+    """SIGKILL a loader and its publisher processes, but not multiprocessing's resource
+    tracker: it must outlive them to unlink their named semaphores."""
+    victims = [pid]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if ppid == pid and b"resource_tracker" not in cmd:
+            victims.append(int(entry))
+    for v in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(v, signal.SIGKILL)
 
 
 def test_disconnect_mid_payload_is_never_visible(broker: BrokerFactory) -> None:
