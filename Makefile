@@ -8,9 +8,9 @@ STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 # Debian packages: python3-venv to make the venv; the rest are used by tests and tools.
 BASE_DEBS = python3-venv
-TEST_DEBS = ethtool iproute2 numactl procps
+TEST_DEBS = ethtool iproute2 numactl procps shellcheck strace
 
-.PHONY: venv demo test lint typecheck unit integration clean
+.PHONY: venv demo test lint typecheck unit integration container clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || tools/system_deps.sh $(BASE_DEBS)
@@ -42,6 +42,13 @@ test: venv
 	$(BIN)/ruff check shardbroker tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# Build the broker image with podman and smoke-test it (also part of `make test`).
+container: venv
+	tools/container/setup_podman.sh
+	tools/container/base_image.sh
+	tools/container/build.sh
+	tools/container/smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -40,6 +40,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="HOST:PORT to accept publishers on (port 0: any free "
                      "port; default 127.0.0.1:1214)")
     run.add_argument("--segment", help="shm segment name (default shardbroker-<pid>)")
+    run.add_argument("--recover", metavar="SEGMENT",
+                     help="re-attach the segment of a broker that died and continue each "
+                          "shard's log after its last committed batch")
     run.add_argument("--keep-segment", action="store_true",
                      help="leave the segment in /dev/shm at exit, for readers")
     run.add_argument("--blog-size", type=_size, help=f"BLog ring per shard ({SIZE_HELP})")
@@ -50,6 +53,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="SO_RCVBUF per connection, 0 = kernel autotuning (default)")
     run.add_argument("--broker-id", type=int, help="broker id (top 16 bits of batch_id)")
     run.add_argument("--no-pin", action="store_true", help="do not pin receivers to CPUs")
+    run.add_argument("--backend", choices=["auto", "epoll", "uring"],
+                     help="receive backend: auto (io_uring where the kernel allows it, else "
+                          "epoll, logging why), epoll, or uring (fail if unavailable)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     pub = sub.add_parser(
@@ -242,10 +248,15 @@ def _run_overrides(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
         o["broker"]["broker_id"] = a.broker_id
     if a.no_pin:
         o["broker"]["pin_cpus"] = False
+    if a.backend:
+        o["broker"]["backend"] = a.backend
     if a.segment:
         o["segment"]["name"] = a.segment
     if a.keep_segment:
         o["segment"]["keep"] = True
+    if a.recover:
+        o["segment"]["name"] = a.recover
+        o["segment"]["recover"] = True
     if a.blog_size is not None:
         o["segment"]["blog_bytes_per_shard"] = a.blog_size
     if a.pbr_slots is not None:
@@ -264,7 +275,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from shardbroker.supervisor.supervisor import Supervisor
 
     cfg = config_mod.load(a.config, _run_overrides(a))
-    logmod.configure(cfg.log.level, cfg.log.format, role="supervisor")
+    logmod.configure(cfg.log.level, cfg.log.format, role="supervisor", shard=None)
     sup = Supervisor(cfg, logmod.get("shardbroker.supervisor"))
     sup.install_signals()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class SegmentConfig:
     blog_bytes_per_shard: int = 512 << 20
     prefault: bool = True
     keep: bool = False
+    recover: bool = False  # re-attach an existing segment (after a crash) instead of creating
     mode: int = 0o600
     memory_node: int = -1  # NUMA node for the segment's pages; -1 = the receivers' node
     hugepages: str = "off"  # off | thp | hugetlbfs
@@ -81,6 +83,13 @@ class LimitsConfig:
     max_messages_per_batch: int = 10_000
     max_message_bytes: int = 1 << 20
     validate_payload: bool = False
+    # Publisher networks allowed to connect (checked at accept); anything else is refused.
+    allow_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+    max_connections_per_receiver: int = 4096
+    max_connections_per_source: int = 1024  # per source IP address, across receivers
+    handshake_timeout_s: float = 10.0  # a connection must complete its handshake by then
+    idle_timeout_s: float = 300.0  # no byte for this long closes a connection (0 = never)
+    batch_timeout_s: float = 60.0  # a batch must arrive in full within this (0 = never)
 
 
 @dataclass
@@ -117,9 +126,10 @@ class Config:
             raise ConfigError("broker.threads", "must be >= 0 (0 = one per allowed CPU)")
         if not 0 <= self.broker.broker_id < (1 << 16):
             raise ConfigError("broker.broker_id", "must fit 16 bits (it tops batch_id)")
-        if self.broker.backend not in ("epoll",):
-            raise ConfigError("broker.backend", f"{self.broker.backend!r} is not available",
-                              hint="use 'epoll'")
+        if self.broker.backend not in ("auto", "epoll", "uring"):
+            raise ConfigError("broker.backend", f"{self.broker.backend!r} is not a backend",
+                              hint="use 'auto' (io_uring if this kernel allows it, else epoll), "
+                                   "'epoll' or 'uring'")
         s = self.segment
         if s.pbr_slots < 2:
             raise ConfigError("segment.pbr_slots", "must be >= 2")
@@ -136,6 +146,16 @@ class Config:
             )
         if lim.max_batch_bytes < 64:
             raise ConfigError("limits.max_batch_bytes", "must be >= 64")
+        for cidr in lim.allow_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ConfigError("limits.allow_cidrs", f"{cidr!r} is not a network",
+                                  hint="write e.g. 10.0.0.0/8 or 2001:db8::/32") from exc
+        if lim.max_connections_per_receiver < 1 or lim.max_connections_per_source < 1:
+            raise ConfigError("limits", "connection caps must be >= 1")
+        if min(lim.handshake_timeout_s, lim.idle_timeout_s, lim.batch_timeout_s) < 0:
+            raise ConfigError("limits", "timeouts must be >= 0 (0 = no timeout)")
         if not 1 <= lim.max_messages_per_batch <= 1_000_000:
             raise ConfigError("limits.max_messages_per_batch", "must be within 1..1000000")
         if self.socket.rcvlowat_cap < 0 or self.socket.rcvbuf < 0:

@@ -156,7 +156,7 @@ def check_numa(status: dict[str, Any] | None, plan: dict[str, Any]) -> list[Find
 
 def check_io_uring() -> Finding:
     try:
-        from shardbroker.platform import uring  # type: ignore[attr-defined]
+        from shardbroker.platform import uring
 
         ok, reason = uring.probe()
         return Finding("e.io_uring", OK if ok else WARN, reason,

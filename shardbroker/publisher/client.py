@@ -17,6 +17,8 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import NoReturn
 
@@ -37,7 +39,21 @@ from shardbroker.wire.protocol import (
 )
 
 
+@dataclass(slots=True)
+class _InFlight:
+    seq: int
+    num_msg: int
+    conn_cum: int  # cumulative messages on the current connection once this batch is acked
+    payload: bytes | bytearray | memoryview | None  # None: ask resend_source for the bytes
+
+
 class Publisher:
+    """``retries`` > 0: a dropped connection (not a rejection with a reason) is reconnected
+    with exponential backoff and every unacked batch is sent again with the same batch_seq;
+    the broker recognises batches it already committed and only acks them. The bytes to resend
+    come from ``resend_source(batch_seq)`` when given (load generators regenerate them), else
+    from a copy kept per unacked batch."""
+
     def __init__(
         self,
         host: str,
@@ -49,31 +65,43 @@ class Publisher:
         batch_bytes: int = 2 << 20,
         max_in_flight: int = 32,
         timeout: float = 30.0,
+        retries: int = 0,
+        resend_source: Callable[[int], bytes | bytearray | memoryview] | None = None,
     ) -> None:
+        self.host, self.port = host, port
         self.client_id = client_id if client_id is not None else random.getrandbits(31) | 1
         self.topic = topic
         self.ack = ack
         self.batch_bytes = batch_bytes
         self.max_in_flight = max(1, max_in_flight)
         self.timeout = timeout
+        self.retries = retries
+        self.resend_source = resend_source
+        self.reconnects = 0
         self.broker_id: int | None = None
         self.next_batch_seq = 0
         self.sent_messages = 0
         self.sent_bytes = 0
         self.acked_messages = 0
-        self._in_flight: deque[int] = deque()  # cumulative message count after each batch
+        self._acked_before_conn = 0  # acked on earlier connections
+        self._conn_sent = 0  # messages sent on the current connection
+        self._in_flight: deque[_InFlight] = deque()
         self._ackbuf = bytearray()
         self._closed_reason: str | None = None
         self._batch = bytearray()
         self._batch_msgs = 0
+        self.sock = self._connect()
+
+    def _connect(self) -> socket.socket:
         try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
-            raise PublishError(f"cannot connect to broker at {host}:{port}: {exc}",
+            raise PublishError(f"cannot connect to broker at {self.host}:{self.port}: {exc}",
                                hint="is `shardbroker run` listening there?") from exc
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(None)
-        self.sock.sendall(encode_handshake(Handshake(self.client_id, ack, 0, topic)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+        sock.sendall(encode_handshake(Handshake(self.client_id, self.ack, 0, self.topic)))
+        return sock
 
     # ------------------------------------------------------------------ context manager
 
@@ -107,25 +135,37 @@ class Publisher:
         if self._batch_msgs:
             payload, n = self._batch, self._batch_msgs
             self._batch, self._batch_msgs = bytearray(), 0
-            self.publish_batch(payload, n)
+            self._publish(payload, n, owned=True)
 
     def publish_batch(self, payload: bytes | bytearray | memoryview, num_msg: int) -> int:
         """Send one already framed batch (``num_msg`` messages). Returns its batch_seq."""
+        return self._publish(payload, num_msg, owned=False)
+
+    def _publish(self, payload: bytes | bytearray | memoryview, num_msg: int, owned: bool
+                 ) -> int:
         self._check_open()
         if self.ack:
             self._reap_acks(block=len(self._in_flight) >= self.max_in_flight)
         seq = self.next_batch_seq
-        header = encode_batch_header(BatchHeader(seq, self.client_id, num_msg, len(payload)))
-        try:
-            self._send_all([header, payload])
-        except OSError as exc:
-            self._raise_closed(exc)
         self.next_batch_seq = seq + 1
         self.sent_messages += num_msg
         self.sent_bytes += len(payload)
         if self.ack:
-            self._in_flight.append(self.sent_messages)
+            keep: bytes | bytearray | memoryview | None = None
+            if self.retries and self.resend_source is None:
+                keep = payload if owned else bytes(payload)
+            self._conn_sent += num_msg
+            self._in_flight.append(_InFlight(seq, num_msg, self._conn_sent, keep))
+        try:
+            self._send_batch(seq, num_msg, payload)
+        except OSError as exc:
+            self._connection_lost(exc)
         return seq
+
+    def _send_batch(self, seq: int, num_msg: int, payload: bytes | bytearray | memoryview
+                    ) -> None:
+        header = encode_batch_header(BatchHeader(seq, self.client_id, num_msg, len(payload)))
+        self._send_all([header, payload])
 
     def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
         """One sendmsg for header and payload (a blocking socket sends it all unless a signal
@@ -161,6 +201,50 @@ class Publisher:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    # ------------------------------------------------------------------ reconnects
+
+    def _connection_lost(self, exc: OSError | None) -> None:
+        """Find the broker's stated reason; reconnect and resend if allowed, else raise."""
+        self._read_reason()
+        if self._closed_reason is not None or not self.retries:
+            self._raise_closed(exc)
+        delay = 0.05
+        last: Exception | None = exc
+        for _attempt in range(self.retries):
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+            try:
+                self._reconnect()
+                return
+            except (OSError, PublishError) as err:
+                last = err
+                if isinstance(err, PublishError) and err.reason:
+                    raise
+        raise PublishError(f"broker unreachable after {self.retries} reconnects: {last}",
+                           reason="connection.lost",
+                           hint="is the broker running? acked messages are safe") from last
+
+    def _reconnect(self) -> None:
+        self.close()
+        self.sock = self._connect()
+        self.reconnects += 1
+        self.broker_id = None
+        self._ackbuf.clear()
+        self._acked_before_conn = self.acked_messages
+        self._conn_sent = 0
+        try:
+            for b in self._in_flight:  # everything not acked, again, in order
+                self._conn_sent += b.num_msg
+                b.conn_cum = self._conn_sent
+                data = b.payload if b.payload is not None else (
+                    self.resend_source(b.seq) if self.resend_source is not None else None)
+                if data is None:
+                    raise PublishError(f"batch {b.seq} cannot be resent: its bytes are gone")
+                self._send_batch(b.seq, b.num_msg, data)
+        except OSError:
+            self.close()
+            raise
+
     # ------------------------------------------------------------------ acks
 
     def _check_open(self) -> None:
@@ -168,8 +252,8 @@ class Publisher:
             raise PublishError(f"broker closed the connection: {self._closed_reason}",
                                reason=self._closed_reason.split(":", 1)[0])
 
-    def _raise_closed(self, exc: OSError | None) -> NoReturn:
-        """The connection broke: find the broker's stated reason if it sent one."""
+    def _read_reason(self) -> None:
+        """After a failure, read what the broker still sent: acks, maybe a stated reason."""
         try:
             self.sock.settimeout(0.5)
             while self._closed_reason is None:
@@ -180,10 +264,14 @@ class Publisher:
                 self._parse_acks()
         except OSError:
             pass
-        reason = self._closed_reason or (f"connection lost: {exc}" if exc else "connection lost")
-        self._closed_reason = reason
-        raise PublishError(f"broker closed the connection: {reason}",
-                           reason=reason.split(":", 1)[0]) from exc
+
+    def _raise_closed(self, exc: OSError | None) -> NoReturn:
+        """The broker's stated reason (``"batch.total_size_zero: ..."``) names the error;
+        without one the reason is ``connection.lost``."""
+        if self._closed_reason is None:
+            self._closed_reason = "connection.lost: " + (str(exc) if exc else "closed by peer")
+        raise PublishError(f"broker closed the connection: {self._closed_reason}",
+                           reason=self._closed_reason.split(":", 1)[0]) from exc
 
     def _reap_acks(self, block: bool, deadline: float | None = None) -> None:
         """Read acks that arrived. ``block``: wait until at least one batch is acked."""
@@ -201,9 +289,13 @@ class Publisher:
                                        hint="the broker may be overloaded or stopped") from None
                 continue
             except OSError as exc:
-                self._raise_closed(exc)
+                self._connection_lost(exc)
+                before = len(self._in_flight)
+                continue
             if not data:
-                self._raise_closed(None)
+                self._connection_lost(None)
+                before = len(self._in_flight)
+                continue
             self._ackbuf += data
             self._parse_acks()
             if self._closed_reason is not None:
@@ -235,8 +327,8 @@ class Publisher:
                 break
             (count,) = ACK_COUNT.unpack_from(buf, pos)
             pos += 8
-            self.acked_messages = count
-            while self._in_flight and self._in_flight[0] <= count:
+            self.acked_messages = self._acked_before_conn + count
+            while self._in_flight and self._in_flight[0].conn_cum <= count:
                 self._in_flight.popleft()
         del buf[:pos]
 

@@ -317,3 +317,27 @@ def place_in_blog(head: int, size: int, blog_bytes: int) -> int:
     if phys + size > blog_bytes:
         return head + (blog_bytes - phys)
     return head
+
+
+def last_committed_batch_seq(buf: memoryview | bytes, g: Geometry, client_id: int
+                             ) -> int | None:
+    """Highest batch_seq committed for ``client_id`` in any shard's PBR ring (None: none).
+
+    Vectorised over the rings (numpy views, no copy of the segment): a reconnecting publisher
+    resends its unacked batches, and this tells the receiver which of them are already in.
+    """
+    import numpy as np
+
+    best: int | None = None
+    for s in range(g.shard_count):
+        off = g.pbr_offset(s)
+        ring = np.frombuffer(buf, dtype=np.uint8, count=g.pbr_slots * BATCH_HEADER_SIZE,
+                             offset=off).reshape(g.pbr_slots, BATCH_HEADER_SIZE)
+        u64 = ring.view("<u8")  # 16 words per slot
+        u32 = ring.view("<u4")  # 32 words per slot
+        committed = (u64[:, SLOT_PUBLISH_COMMIT // 8] == u64[:, 56 // 8]) & \
+            (u32[:, SLOT_BATCH_COMPLETE // 4] == 1) & (u32[:, 16 // 4] == client_id)
+        if committed.any():
+            top = int(u64[committed, 0].max())
+            best = top if best is None else max(best, top)
+    return best

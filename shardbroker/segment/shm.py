@@ -22,6 +22,7 @@ from shardbroker.segment.layout import (
     FLAG_SERVING,
     SEGMENT_HEADER,
     U32,
+    U64,
     Geometry,
     SegmentHeader,
     read_segment_header,
@@ -29,6 +30,8 @@ from shardbroker.segment.layout import (
 )
 
 _FLAGS_OFFSET = 60
+_PID_OFFSET = 72
+_GENERATION_OFFSET = 80
 
 
 def shm_name(name: str) -> str:
@@ -211,3 +214,25 @@ def mark_serving(m: Mapped) -> None:
 def mark_closed(m: Mapped) -> None:
     set_flags(m, FLAG_CLOSED_CLEANLY, FLAG_SERVING)
 
+
+
+def take_over(m: Mapped) -> int:
+    """Re-attach a segment whose supervisor died: refuse one a live process still serves,
+    then record this supervisor as its owner and bump the generation. Returns it."""
+    h = m.header
+    if h.flags & FLAG_SERVING and h.supervisor_pid and _alive(h.supervisor_pid):
+        raise SegmentError(f"segment {m.name!r} is served by a running broker (pid "
+                           f"{h.supervisor_pid})", hint="stop that broker first")
+    U64.pack_into(m.buf, _PID_OFFSET, os.getpid())
+    U64.pack_into(m.buf, _GENERATION_OFFSET, h.generation + 1)
+    return h.generation + 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -14,6 +14,7 @@ never see a disconnect.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -39,6 +41,7 @@ from shardbroker.platform.topology import PlacementPlan, plan_placement, read_to
 from shardbroker.receiver.spec import ReceiverSpec
 from shardbroker.segment import shm
 from shardbroker.segment.layout import Geometry
+from shardbroker.wire.protocol import encode_control_frame
 
 BOOT_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 8.0
@@ -55,6 +58,14 @@ def placement_for(cfg: Config, root: str = "/") -> PlacementPlan:
     mem = cfg.segment.memory_node if cfg.segment.memory_node >= 0 else None
     return plan_placement(topo, receivers=None, reserve_cpus=cfg.broker.reserve_cpus,
                           memory_node=mem)
+
+
+def _fail_detail(raw: bytes) -> str:
+    """The error text of a receiver's ``fail {"error": ...}`` message."""
+    try:
+        return str(json.loads(raw)["error"])
+    except (ValueError, KeyError, TypeError):
+        return raw.decode(errors="replace")
 
 
 @dataclass
@@ -105,6 +116,10 @@ class Supervisor:
         self.thp_mode = ""
         self.numactl_warned = False
         self.port_holder: socket.socket | None = None  # reuseport mode
+        self.allowed_networks = [ipaddress.ip_network(c, strict=False)
+                                 for c in cfg.limits.allow_cidrs]
+        self.by_source: dict[str, int] = {}  # open connections per source address
+        self.accept_rejected: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ start
 
@@ -130,8 +145,14 @@ class Supervisor:
         geometry = Geometry(len(cpus), seg.pbr_slots, seg.blog_bytes_per_shard)
         if seg.hugepages == "hugetlbfs" and "/" not in self.segment_name:
             self.segment_name = os.path.join(seg.hugetlbfs_mount, self.segment_name)
-        self.mapped = shm.create(self.segment_name, geometry, self.cfg.broker.broker_id, seg.mode)
-        self._place_memory()
+        if seg.recover:
+            n, cpus = self._recover(n, cpus)
+        else:
+            self.mapped = shm.create(self.segment_name, geometry, self.cfg.broker.broker_id,
+                                     seg.mode)
+            self._place_memory()
+        assert self.mapped is not None
+        geometry = self.mapped.geometry
         prefault_s = shm.prefault(self.mapped) if seg.prefault else 0.0
         self.log.info("supervisor.segment.created", segment=self.segment_name,
                       bytes=geometry.total_bytes, shards=geometry.shard_count,
@@ -157,7 +178,7 @@ class Supervisor:
             "segment": self.segment_name,
             "threads": n,
             "max_threads": len(self.slots),
-            "backend": self.cfg.broker.backend,
+            "backend": self.running_backend(),
             "control": self.control_endpoint,
             "pid": os.getpid(),
             "segment_bytes": geometry.total_bytes,
@@ -169,6 +190,18 @@ class Supervisor:
         self.out.write(json.dumps(ready) + "\n")
         self.out.flush()
         return ready
+
+    def _recover(self, n: int, cpus: list[int | None]) -> tuple[int, list[int | None]]:
+        """Re-attach a crashed broker's segment: its geometry wins; each receiver continues
+        its shard after the last committed batch (ShardWriter reads the shard header)."""
+        self.mapped = shm.attach(self.segment_name, writable=True)
+        generation = shm.take_over(self.mapped)
+        shards = self.mapped.geometry.shard_count
+        plan_cpus: list[int | None] = [c for c in cpus if c is not None] or [None]
+        cpus = [plan_cpus[i % len(plan_cpus)] for i in range(shards)]
+        self.log.info("supervisor.segment.recovered", segment=self.segment_name,
+                      shards=shards, generation=generation)
+        return min(n, shards), cpus
 
     def _place_memory(self) -> None:
         """Bind the segment's pages to the planned node and apply the huge-page mode, before
@@ -199,6 +232,15 @@ class Supervisor:
         return {"planned_memory_node": self.placement.memory_node,
                 "pages_by_node": pages, "hugepages": self.cfg.segment.hugepages,
                 "thp_mode": self.thp_mode}
+
+    def running_backend(self) -> str:
+        """The backend the receivers actually run (each chose it at start, see
+        receiver/backend.py): "uring", "epoll", or "mixed"."""
+        seen = {s.info.get("backend") for s in self.slots if s.state != INACTIVE and s.info}
+        seen.discard(None)
+        if not seen:
+            return self.cfg.broker.backend
+        return str(seen.pop()) if len(seen) == 1 else "mixed"
 
     def _bind_zmq(self) -> None:
         c = self.cfg.control
@@ -299,7 +341,7 @@ class Supervisor:
         except (TimeoutError, OSError):
             msg = b""
         if not msg.startswith(b"ready "):
-            detail = msg[5:].decode(errors="replace") if msg.startswith(b"fail ") else (
+            detail = _fail_detail(msg[5:]) if msg.startswith(b"fail ") else (
                 f"exit code {slot.proc.poll()}" if slot.proc.poll() is not None
                 else "no ready message in time")
             raise BrokerStartError(f"receiver {slot.shard} failed at boot: {detail}",
@@ -369,13 +411,45 @@ class Supervisor:
                 self.log.warning("supervisor.accept_failed", error=str(exc))
                 return
             self.accepted += 1
+            source = str(_addr[0])
             target = self._least_loaded()
-            if target is None:
-                sock.close()
-                self.log.warning("supervisor.no_receiver_ready", hint="a receiver is restarting")
+            refusal = self._refusal(source, target)
+            if refusal is not None:
+                self._refuse(sock, source, *refusal)
                 continue
-            self._hand(target, [b"conn"], [sock.fileno()])
+            assert target is not None
+            if self._hand(target, [b"conn"], [sock.fileno()]):
+                self.by_source[source] = self.by_source.get(source, 0) + 1
             sock.close()  # the receiver holds its own copy now
+
+    def _refusal(self, source: str, target: ReceiverSlot | None) -> tuple[str, str] | None:
+        """Why a new connection from ``source`` may not be served (None: it may)."""
+        lim = self.cfg.limits
+        try:
+            addr = ipaddress.ip_address(source)
+        except ValueError:
+            return "accept.bad_address", f"unparseable peer address {source!r}"
+        if not any(addr in net for net in self.allowed_networks):
+            return "accept.not_allowed", f"{source} is not in limits.allow_cidrs"
+        if self.by_source.get(source, 0) >= lim.max_connections_per_source:
+            return ("accept.too_many_from_source",
+                    f"{source} already has {lim.max_connections_per_source} connections")
+        if target is None:
+            return "accept.no_receiver", "no receiver is ready (one is restarting)"
+        if target.open_connections >= lim.max_connections_per_receiver:
+            return ("accept.receivers_full",
+                    f"every receiver has {lim.max_connections_per_receiver} connections")
+        return None
+
+    def _refuse(self, sock: socket.socket, source: str, reason: str, detail: str) -> None:
+        """Tell the publisher why (an SESF control frame), count it, close."""
+        self.accept_rejected[reason] += 1
+        self.log.warning("supervisor.connection.refused", peer=source, reason=reason,
+                         detail=detail)
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            sock.send(encode_control_frame(f"{reason}: {detail}"))
+        sock.close()
 
     def _hand(self, target: ReceiverSlot, msg: list[bytes], fds: list[int]) -> bool:
         assert target.control is not None
@@ -404,8 +478,13 @@ class Supervisor:
             if not msg:
                 self._receiver_gone(slot)
                 return
-            if msg == b"closed":
+            if msg.startswith(b"closed"):
                 slot.open_connections = max(0, slot.open_connections - 1)
+                source = msg[7:].decode(errors="replace")
+                if source in self.by_source:
+                    self.by_source[source] -= 1
+                    if self.by_source[source] <= 0:
+                        del self.by_source[source]
             elif msg == b"opened":
                 slot.open_connections += 1
             elif msg.startswith(b"move "):
@@ -490,6 +569,7 @@ class Supervisor:
         with self.metrics_lock:
             report = self.metrics.report(active)
         report["total"]["receivers"] = len(active)
+        report["total"]["accept_rejected"] = dict(self.accept_rejected)
         return report
 
     # ------------------------------------------------------------------ control
@@ -528,10 +608,11 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(), "listen": self.listen_addr, "segment": self.segment_name,
-            "control": self.control_endpoint, "backend": self.cfg.broker.backend,
+            "control": self.control_endpoint, "backend": self.running_backend(),
             "threads": sum(1 for s in self.slots if s.state == ACTIVE),
             "max_threads": len(self.slots), "draining": self.draining,
             "accepted": self.accepted, "uptime_s": round(time.time() - self.started_at, 1),
+            "accept_rejected": dict(self.accept_rejected),
             "receivers": [self._slot_status(s) for s in self.slots if s.state != INACTIVE],
             "placement": self.placement.to_dict(),
             "segment_placement": self.segment_placement(),
@@ -542,6 +623,7 @@ class Supervisor:
         return {
             "shard": s.shard, "pid": pid, "cpu": s.cpu, "state": s.state, "ready": s.ready,
             "backend": s.info.get("backend"), "open_connections": s.open_connections,
+            "backend_fallback": s.info.get("backend_fallback", ""),
             "restarts": s.restarts,
             "allowed_cpus": linux.read_allowed_cpus(pid) if pid else None,
         }

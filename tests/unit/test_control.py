@@ -103,3 +103,19 @@ def test_top_renders_every_shard_and_total() -> None:
     agg.update(_snap(1, 101, 1.0, 10, 20))
     table = render(agg.report())
     assert table.row_count == 3
+
+
+def test_grafana_dashboard_plots_exported_series() -> None:
+    from pathlib import Path
+
+    from shardbroker.control.prometheus import SERIES
+
+    dash = json.loads((Path(__file__).parents[2] / "conf/grafana/shardbroker-dashboard.json")
+                      .read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    names = {name.removesuffix("_total") for name, *_ in SERIES} | {n for n, *_ in SERIES}
+    used = {w for w in exprs.replace("(", " ").replace(")", " ").replace("[", " ").split()
+            if w.startswith("shardbroker_")}
+    assert used <= names, used - names  # every plotted series is one we export
+    for needed in ("received_bytes", "recv_calls_per_batch", "cpu_user_seconds"):
+        assert needed in exprs

@@ -193,3 +193,20 @@ def test_prefault_populates(segment_name: str) -> None:
         assert os.stat(f"/dev/shm/{segment_name}").st_blocks * 512 >= 4 << 20
     finally:
         m.close()
+
+
+def test_last_committed_batch_seq_across_shards(segment_name: str) -> None:
+    m = shm.create(segment_name, layout.Geometry(2, 8, 1 << 20))
+    try:
+        w0, w1 = ShardWriter(m, 0, 0), ShardWriter(m, 1, 0)
+        assert layout.last_committed_batch_seq(m.buf, m.geometry, 5) is None
+        for seq in range(3):
+            _publish(w0, 5, seq, [b"x"])
+        _publish(w1, 5, 7, [b"y"])  # the client reconnected to another receiver
+        _publish(w1, 6, 40, [b"z"])
+        w0.reserve(100)  # in flight, never committed: must not count
+        assert layout.last_committed_batch_seq(m.buf, m.geometry, 5) == 7
+        assert layout.last_committed_batch_seq(m.buf, m.geometry, 6) == 40
+        assert layout.last_committed_batch_seq(m.buf, m.geometry, 99) is None
+    finally:
+        m.close()
