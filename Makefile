@@ -10,7 +10,10 @@ STAMP   = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 BASE_DEBS = python3-venv
 TEST_DEBS = ethtool iproute2 numactl procps shellcheck strace
 
-.PHONY: venv demo test lint typecheck unit integration container clean
+BENCH_DEBS = iperf3 nats-server
+BENCH_OUT ?= out/bench
+
+.PHONY: venv demo test lint typecheck unit integration container clean bench bench-deps bench-quick
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || tools/system_deps.sh $(BASE_DEBS)
@@ -49,6 +52,20 @@ container: venv
 	tools/container/base_image.sh
 	tools/container/build.sh
 	tools/container/smoke.sh
+
+# Side-by-side benchmark (iperf3, pyzmq, NATS, staging, shardbroker epoll/uring).
+bench-deps: venv
+	@tools/system_deps.sh $(BENCH_DEBS) || echo "bench: $(BENCH_DEBS) missing; limit/nats will be skipped" >&2
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+
+bench: bench-deps
+	@mkdir -p $(BENCH_OUT) docs
+	$(BIN)/shardbroker bench --json $(BENCH_OUT)/bench.json --markdown $(BENCH_OUT)/bench.md \
+	  --plot $(BENCH_OUT)/bench.png > $(BENCH_OUT)/bench.txt; s=$$?; cat $(BENCH_OUT)/bench.txt; \
+	  cp $(BENCH_OUT)/bench.png docs/bench-s1s5.png; exit $$s
+
+bench-quick: bench-deps
+	$(BIN)/shardbroker bench --quick --json $(BENCH_OUT)/quick.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -132,6 +132,9 @@ def _build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--no-self-test", action="store_true",
                      help="do not start a broker when none is running")
     doc.add_argument("--json", action="store_true")
+    from shardbroker.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     keys = sub.add_parser("keys", help="write a CURVE key pair for a tcp:// control endpoint")
     keys.add_argument("directory")
     return p
@@ -324,10 +327,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
                     batch_bytes=a.batch_size, message_size=a.message_size, as_json=a.json)
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from shardbroker.bench import run_from_args
+
+    return run_from_args(a)
+
+
 COMMANDS = {"run": cmd_run, "publish": cmd_publish, "dump": cmd_dump, "demo": cmd_demo,
             "status": cmd_status, "stats": cmd_stats, "top": cmd_top, "drain": cmd_simple,
             "stop": cmd_simple, "scale": cmd_simple, "keys": cmd_keys,
-            "topology": cmd_topology, "doctor": cmd_doctor}
+            "topology": cmd_topology, "doctor": cmd_doctor, "bench": cmd_bench}
+
 
 
 def main(argv: list[str] | None = None) -> int:
