@@ -74,6 +74,9 @@ def _build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--ack", type=int, choices=[0, 1], default=1,
                      help="ack level: 1 waits for commit acks (default), 0 none")
     pub.add_argument("--max-in-flight", type=int, default=32, help="unacked batches allowed")
+    pub.add_argument("--retries", type=int, default=0,
+                     help="reconnect up to N times when the broker drops a connection, "
+                          "resending unacked batches (the broker skips ones it has)")
     pub.add_argument("--rate", type=_size, help="pace each connection to this many bytes "
                      "per second (default: as fast as possible)")
     pub.add_argument("--cpus", help="pin publisher i to CPU list[i %% len], e.g. 1 or 0,1")
@@ -298,6 +301,7 @@ def cmd_publish(a: argparse.Namespace) -> int:
         host=host, port=port, connections=a.connections, batch_bytes=a.batch_size,
         message_size=a.message_size, total_bytes=a.total, duration_s=a.duration, topic=a.topic,
         ack=a.ack, max_in_flight=a.max_in_flight, cpus=cpus, rate_bytes_s=a.rate,
+        retries=a.retries,
     )
     summary = loadgen.run(spec, show_progress=loadgen.progress_wanted(a.json))
     if a.json:

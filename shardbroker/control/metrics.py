@@ -13,7 +13,8 @@ from typing import Any
 COUNTERS = (
     "bytes", "batches", "messages", "recv_calls", "payload_recv_calls", "eagain", "wakeups",
     "lowat_sets", "acks_sent", "connections_total", "disconnects_mid_batch",
-    "lapped_in_flight", "moved_in", "moved_out", "cpu_user_s", "cpu_sys_s", "backpressured_s",
+    "lapped_in_flight", "duplicates_skipped", "moved_in", "moved_out", "cpu_user_s",
+    "cpu_sys_s", "backpressured_s",
     "uring_enters", "uring_completions",
 )
 RATES = ("bytes", "batches", "messages", "recv_calls", "wakeups", "cpu_user_s", "cpu_sys_s")

@@ -33,6 +33,7 @@ class LoadSpec:
     max_in_flight: int = 32
     cpus: tuple[int, ...] = ()  # pin worker i to cpus[i % len(cpus)] when given
     rate_bytes_s: float | None = None  # pace each connection to this many payload bytes/s
+    retries: int = 0  # reconnect this many times on a dropped connection, resending unacked
 
     def __post_init__(self) -> None:
         if self.connections < 1:
@@ -54,7 +55,8 @@ def _worker(index: int, spec: LoadSpec, client_id: int, progress: Any, ready: An
         tmpl = BatchTemplate(client_id, geom)
         pub = Publisher(spec.host, spec.port, topic=spec.topic, client_id=client_id,
                         ack=spec.ack, batch_bytes=geom.payload_bytes,
-                        max_in_flight=spec.max_in_flight)
+                        max_in_flight=spec.max_in_flight, retries=spec.retries,
+                        resend_source=tmpl.for_seq)
         share = None
         if spec.total_bytes is not None:
             share = spec.total_bytes // spec.connections + (
@@ -89,7 +91,8 @@ def _worker(index: int, spec: LoadSpec, client_id: int, progress: Any, ready: An
     finally:
         if pub is not None:
             summary.update(bytes=pub.sent_bytes, batches=pub.next_batch_seq,
-                           messages=pub.sent_messages, acked_messages=pub.acked_messages)
+                           messages=pub.sent_messages, acked_messages=pub.acked_messages,
+                           reconnects=pub.reconnects)
             progress.value = pub.sent_bytes
             pub.close()
         else:

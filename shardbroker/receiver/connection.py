@@ -7,6 +7,7 @@ the ProtocolError or disconnect it reports.
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 from shardbroker.segment.writer import Reservation
@@ -31,6 +32,7 @@ class Connection:
         "res", "target", "left", "batch_seq", "orig_seq", "num_msg", "session_epoch",
         "lowat", "acked", "ack_sock", "out_partial", "out_latest", "want_write",
         "batches", "closing", "header_ns", "recvs", "batch_recvs_start", "moving",
+        "dedupe_below", "duplicate", "opened_at", "progress_mark", "idle_since",
     )
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
@@ -38,6 +40,11 @@ class Connection:
         self.fd = sock.fileno()
         self.peer = peer
         self.phase = PHASE_HANDSHAKE
+        self.dedupe_below = 0  # batch_seqs below this were committed before (a reconnect)
+        self.duplicate = False  # the batch being received is one of those: ack, don't commit
+        self.opened_at = time.monotonic()
+        self.progress_mark: tuple[int, int, int, int] = (0, 0, 0, 0)  # timeouts: see sweep
+        self.idle_since = self.opened_at
         self.hbuf = bytearray(BATCH_HEADER_SIZE)
         self.hview = memoryview(self.hbuf)
         self.hfill = 0
@@ -68,6 +75,11 @@ class Connection:
         return (HANDSHAKE_SIZE if self.phase == PHASE_HANDSHAKE else BATCH_HEADER_SIZE) - self.hfill
 
     @property
+    def source(self) -> str:
+        """The peer's address without the port."""
+        return self.peer.rsplit(":", 1)[0]
+
+    @property
     def in_batch(self) -> bool:
         return self.phase == PHASE_PAYLOAD or (self.phase == PHASE_HEADER and self.hfill > 0)
 
@@ -76,6 +88,7 @@ class Connection:
         hs = self.handshake
         return {
             "peer": self.peer, "acked": self.acked, "batches": self.batches,
+            "dedupe_below": self.dedupe_below,
             "lowat": self.lowat, "separate_ack": self.ack_sock is not None
             and self.ack_sock is not self.sock,
             "handshake": None if hs is None else {
@@ -86,6 +99,7 @@ class Connection:
 
     def restore(self, st: dict[str, Any], ack_sock: socket.socket | None) -> None:
         self.peer = str(st["peer"])
+        self.dedupe_below = int(st.get("dedupe_below", 0))
         self.acked = int(st["acked"])
         self.batches = int(st["batches"])
         self.lowat = int(st["lowat"])

@@ -31,6 +31,7 @@ from shardbroker.receiver.connection import (
     PHASE_PAYLOAD,
     Connection,
 )
+from shardbroker.segment.layout import last_committed_batch_seq
 from shardbroker.segment.writer import ShardWriter
 from shardbroker.wire.protocol import (
     Limits,
@@ -118,6 +119,8 @@ class ReceiveLoop:
         self.lowat_sets = 0
         self.acks_sent = 0
         self.lapped_in_flight = 0
+        self.duplicates_skipped = 0  # resent batches already committed (acked, not again)
+        self.geometry = writer.geometry
         self.batches = 0
         self.messages = 0
         self.bytes = 0
@@ -166,6 +169,7 @@ class ReceiveLoop:
                             self._on_writable(owner)
                 now = time.monotonic()
                 if now >= next_stats:
+                    self.sweep_timeouts(now)
                     self.flush_stats()
                     if self.on_tick is not None:
                         self.on_tick(self)
@@ -254,15 +258,19 @@ class ReceiveLoop:
 
     def _adopt(self, fd: int) -> Connection | None:
         sock = socket.socket(fileno=fd)
+        try:
+            addr = sock.getpeername()
+        except OSError:
+            addr = ("?", 0)
         if self.stopping or self.retiring:
             sock.close()
             with contextlib.suppress(OSError):
-                self.control.send(b"closed")
+                self.control.send(b"closed " + str(addr[0]).encode())
             return None
         sock.setblocking(False)
         try:
-            peer = "{}:{}".format(*sock.getpeername()[:2])
-        except OSError:
+            peer = "{}:{}".format(*addr[:2])
+        except (OSError, IndexError):
             peer = "?"
         # TCP_QUICKACK is not sticky (the kernel may return to delayed acks); it is set once.
         applied = linux.apply_socket_options(sock, self.socket_requests)
@@ -401,14 +409,19 @@ class ReceiveLoop:
                 self.ep.unregister(conn.ack_sock.fileno())
             conn.ack_sock.close()
         conn.target = None
-        conn.sock.close()
+        self._release(conn)
         if reason:
             self.log.info("receiver.connection.closed", peer=conn.peer, reason=reason,
                           batches=conn.batches)
         # so dump and tests see final counters as soon as publishers are gone
         self.writer.write_stats(self.stats_tuple())
         with contextlib.suppress(OSError):
-            self.control.send(b"closed")
+            self.control.send(b"closed " + conn.source.encode())
+
+    def _release(self, conn: Connection) -> None:
+        """Close a closed connection's socket (a backend whose kernel requests may still name
+        the fd closes it once they are done)."""
+        conn.sock.close()
 
     def _reject(self, conn: Connection, reason: str, detail: str) -> None:
         """Close one connection for a violation: tell the publisher why, count it, log it."""
@@ -535,6 +548,10 @@ class ReceiveLoop:
     def _on_handshake(self, conn: Connection) -> None:
         hs = parse_handshake(conn.hview[:64])
         conn.handshake = hs
+        # A reconnecting publisher resends what was not acked: batches already committed
+        # (in any shard) are received and acked but not committed twice.
+        last = last_committed_batch_seq(self.buf, self.geometry, hs.client_id)
+        conn.dedupe_below = 0 if last is None else last + 1
         conn.hfill = 0
         conn.phase = PHASE_HEADER
         try:
@@ -580,6 +597,7 @@ class ReceiveLoop:
         conn.orig_seq = hdr.original_client_batch_seq
         conn.num_msg = hdr.num_msg
         conn.session_epoch = hdr.session_epoch
+        conn.duplicate = hdr.batch_seq < conn.dedupe_below
         conn.phase = PHASE_PAYLOAD
         conn.header_ns = time.monotonic_ns()
         self.in_flight[conn.fd] = conn
@@ -610,8 +628,11 @@ class ReceiveLoop:
         conn.phase = PHASE_HEADER
         hs = conn.handshake
         assert hs is not None
-        self.writer.commit(res, conn.batch_seq, conn.orig_seq, hs.client_id, conn.num_msg,
-                           conn.session_epoch, conn.topic_idx)
+        if conn.duplicate:
+            self.duplicates_skipped += 1  # already committed before a reconnect: ack only
+        else:
+            self.writer.commit(res, conn.batch_seq, conn.orig_seq, hs.client_id, conn.num_msg,
+                               conn.session_epoch, conn.topic_idx)
         conn.batches += 1
         self.batches += 1
         self.messages += conn.num_msg
@@ -662,6 +683,27 @@ class ReceiveLoop:
 
     # ------------------------------------------------------------------ statistics
 
+    def sweep_timeouts(self, now: float) -> None:
+        """Close connections that stall (slowloris senders, dead peers), by config limits.
+        Progress is judged from protocol state, so no clock is read on the receive path."""
+        lim = self.cfg.limits
+        for c in list(self.conns.values()):
+            mark = (c.batches, c.left, c.hfill, c.phase)
+            if mark != c.progress_mark:
+                c.progress_mark = mark
+                c.idle_since = now
+            if c.phase == PHASE_HANDSHAKE and lim.handshake_timeout_s \
+                    and now - c.opened_at > lim.handshake_timeout_s:
+                self._reject(c, str(Reason.TIMEOUT_HANDSHAKE),
+                             f"no complete handshake within {lim.handshake_timeout_s:g} s")
+            elif c.phase == PHASE_PAYLOAD and lim.batch_timeout_s \
+                    and now - c.header_ns / 1e9 > lim.batch_timeout_s:
+                self._reject(c, str(Reason.TIMEOUT_BATCH),
+                             f"batch {c.batch_seq} not complete within {lim.batch_timeout_s:g} s")
+            elif lim.idle_timeout_s and now - c.idle_since > lim.idle_timeout_s:
+                self._reject(c, str(Reason.TIMEOUT_IDLE),
+                             f"nothing received for {lim.idle_timeout_s:g} s")
+
     def stats_tuple(self) -> tuple[int, ...]:
         return (
             self.recv_calls, self.payload_recv_calls, self.eagain, self.wakeups,
@@ -700,6 +742,7 @@ class ReceiveLoop:
             "rejected": dict(self.rejected_by_reason),
             "disconnects_mid_batch": self.disconnects_mid_batch,
             "lapped_in_flight": self.lapped_in_flight,
+            "duplicates_skipped": self.duplicates_skipped,
             "backpressured_s": self.backpressured_s,
             "segment_fill": {
                 "pbr": min(w.next_index, w.slots) / w.slots,

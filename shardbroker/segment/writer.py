@@ -54,6 +54,7 @@ class ShardWriter:
         self.shard = shard
         self.broker_id = broker_id
         self.buf = m.buf
+        self.geometry = g
         self.base = g.shard_base(shard)
         self.pbr_off = g.pbr_offset(shard)
         self.slots = g.pbr_slots

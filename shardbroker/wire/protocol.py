@@ -115,6 +115,9 @@ class Reason(enum.StrEnum):
     ACK_CONNECT_FAILED = "ack.connect_back_failed"
     TOPIC_TABLE_FULL = "segment.topic_table_full"
     LAPPED_IN_FLIGHT = "segment.lapped_in_flight"
+    TIMEOUT_HANDSHAKE = "timeout.handshake"
+    TIMEOUT_BATCH = "timeout.batch"
+    TIMEOUT_IDLE = "timeout.idle"
 
 
 class ProtocolError(Exception):
