@@ -60,6 +60,7 @@ class SegmentConfig:
     keep: bool = False
     recover: bool = False  # re-attach an existing segment (after a crash) instead of creating
     mode: int = 0o600
+    group: str = ""  # give this group read access to the segment (mode 0640); "" = owner only
     memory_node: int = -1  # NUMA node for the segment's pages; -1 = the receivers' node
     hugepages: str = "off"  # off | thp | hugetlbfs
     hugetlbfs_mount: str = "/dev/hugepages"

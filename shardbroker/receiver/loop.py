@@ -443,6 +443,7 @@ class ReceiveLoop:
             self.disconnects_mid_batch += 1
             reason = (Reason.PEER_CLOSED_MID_HANDSHAKE if conn.phase == PHASE_HANDSHAKE
                       else Reason.PEER_CLOSED_MID_BATCH)
+            self.rejected_by_reason[str(reason)] += 1  # per-reason counter, like rejections
             self.log.warning("receiver.connection.closed_mid_batch", peer=conn.peer,
                              reason=str(reason), batch_seq=conn.batch_seq,
                              bytes_missing=conn.left)
@@ -512,14 +513,9 @@ class ReceiveLoop:
         except ProtocolError as exc:
             self._reject(conn, str(exc.reason), exc.detail)
             return
-        except (ConnectionResetError, BrokenPipeError, TimeoutError) as exc:
-            self.disconnects_mid_batch += int(conn.in_batch)
-            self._close(conn, f"peer.{type(exc).__name__}")
-            return
         except OSError as exc:
             if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH):
-                self.disconnects_mid_batch += int(conn.in_batch)
-                self._close(conn, f"peer.{errno.errorcode.get(exc.errno or 0, 'error')}")
+                self._peer_closed(conn)  # a reset is a close: same counters, same cleanup
                 return
             raise
         if conn.out_latest is not None and not conn.want_write:

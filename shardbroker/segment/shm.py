@@ -236,3 +236,26 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def segment_path(name: str) -> str:
+    return name if is_file_segment(name) else f"/dev/shm/{name.lstrip('/')}"
+
+
+def share_with_group(name: str, group: str) -> None:
+    """Let ``group`` read the segment (consumers in that group map it read-only)."""
+    import grp
+
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError as exc:
+        raise SegmentError(f"group {group!r} does not exist",
+                           hint="create it (groupadd) or clear segment.group") from exc
+    path = segment_path(name)
+    try:
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o640)
+    except OSError as exc:
+        raise SegmentError(f"cannot give group {group!r} access to {path}: {exc.strerror}",
+                           hint="the broker's user must be a member of that group, or root") \
+            from exc

@@ -150,6 +150,8 @@ class Supervisor:
         else:
             self.mapped = shm.create(self.segment_name, geometry, self.cfg.broker.broker_id,
                                      seg.mode)
+            if seg.group:
+                shm.share_with_group(self.segment_name, seg.group)
             self._place_memory()
         assert self.mapped is not None
         geometry = self.mapped.geometry

@@ -116,6 +116,18 @@ def test_hostile_connection_is_closed_alone(tmp_path: Any, broker: BrokerFactory
                          if k.startswith(reason)) == 1, 10, "the per-reason counter")
 
 
+def test_truncated_handshake(broker: BrokerFactory) -> None:
+    b = broker(blog="512MiB")
+    t, out = _honest(b)
+    s = socket.create_connection((b.host, b.port), timeout=10)
+    s.sendall(_hs()[:30])
+    time.sleep(0.2)
+    s.close()
+    _check_honest(b, t, out)
+    wait_for(lambda: _stats(b)["total"]["rejected"].get("peer.closed_mid_handshake") == 1, 10,
+             "the per-reason counter")
+
+
 def test_peer_reset_mid_payload(broker: BrokerFactory) -> None:
     b = broker(blog="512MiB")
     t, out = _honest(b)
@@ -126,7 +138,9 @@ def test_peer_reset_mid_payload(broker: BrokerFactory) -> None:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()  # RST, not FIN
     _check_honest(b, t, out)
-    wait_for(lambda: _stats(b)["total"]["disconnects_mid_batch"] == 1, 10, "the counter")
+    wait_for(lambda: _stats(b)["total"]["disconnects_mid_batch"] == 1
+             and _stats(b)["total"]["rejected"].get("peer.closed_mid_batch") == 1, 10,
+             "the counters")
     from shardbroker import SegmentReader
 
     with SegmentReader(b.segment) as r:

@@ -210,3 +210,18 @@ def test_last_committed_batch_seq_across_shards(segment_name: str) -> None:
         assert layout.last_committed_batch_seq(m.buf, m.geometry, 99) is None
     finally:
         m.close()
+
+
+def test_segment_group_access(segment_name: str) -> None:
+    import grp
+
+    m = shm.create(segment_name, layout.Geometry(1, 4, 1 << 20))
+    try:
+        group = grp.getgrgid(os.getgid()).gr_name
+        shm.share_with_group(segment_name, group)
+        st = os.stat(f"/dev/shm/{segment_name}")
+        assert st.st_mode & 0o777 == 0o640 and st.st_gid == os.getgid()
+        with pytest.raises(SegmentError, match="does not exist"):
+            shm.share_with_group(segment_name, "no-such-group-xyz")
+    finally:
+        m.close()
