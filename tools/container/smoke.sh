@@ -230,9 +230,12 @@ else:
         check(in_segment == pub.get("messages"),
               f"segment holds {in_segment} messages, publisher sent {pub.get('messages')}")
 
-if res.get("stats_available"):
-    st = res.get("stats")
-    check(isinstance(st, dict) and "_unparsed" not in st, f"stats printed no JSON: {st}")
+st = res.get("stats")
+check(isinstance(st, dict) and "_unparsed" not in st, f"stats printed no JSON: {st}")
+if isinstance(st, dict) and "total" in st:
+    for key in ("bytes", "batches", "messages"):
+        check(st["total"].get(key) == pub.get(key),
+              f"stats total {key} {st['total'].get(key)} != publisher's {pub.get(key)}")
 
 check(not res.get("shm_leftover"), f"segment not unlinked after SIGTERM: {res.get('shm_leftover')}")
 

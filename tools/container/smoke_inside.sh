@@ -161,13 +161,18 @@ phase publish shardbroker publish --connect "$listen" --connections 2 --batch-si
 # --- 3. dump --verify (segment still live; the broker owns it) ---------------------------
 phase dump shardbroker dump --segment "$SEG" --json --verify || fail dump "rc=$(cat "$W/dump.rc")"
 
-# --- 4. stats, when the subcommand exists --------------------------------------------------
-if shardbroker stats --help >/dev/null 2>&1; then
-    touch "$W/stats.available"
-    phase stats shardbroker stats --json || fail stats "rc=$(cat "$W/stats.rc")"
-else
-    log "stats: subcommand not available; skipped"
-fi
+# --- 4. stats over the control endpoint: wait (bounded) until the receivers' metrics
+#        snapshots cover everything the publisher sent, then keep that reply ------------------
+touch "$W/stats.available"
+want_batches=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["batches"])' \
+    "$W/publish.out" 2>/dev/null || echo -1)
+for _ in $(seq 50); do
+    phase stats shardbroker stats --json || { fail stats "rc=$(cat "$W/stats.rc")"; break; }
+    got=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["total"]["batches"])' \
+        "$W/stats.out" 2>/dev/null || echo -2)
+    [[ "$got" == "$want_batches" ]] && break
+    sleep 0.1
+done
 
 # --- 5. SIGTERM and wait -----------------------------------------------------------------
 t=$(now)
