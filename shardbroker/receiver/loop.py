@@ -34,6 +34,7 @@ from shardbroker.receiver.connection import (
 from shardbroker.segment.layout import last_committed_batch_seq
 from shardbroker.segment.writer import ShardWriter
 from shardbroker.wire.protocol import (
+    BATCH_HEADER_SIZE,
     Limits,
     ProtocolError,
     Reason,
@@ -46,6 +47,7 @@ from shardbroker.wire.protocol import (
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 LOWAT_MIN = 64 << 10  # below this a batch tail is read on the next wakeup anyway
+SCATTER_MAX = 256 << 10  # payload tails up to this are read together with the next header
 DRAIN_BUDGET = 16 << 20  # bytes per connection per wakeup, so one publisher cannot starve others
 STATS_INTERVAL_S = 0.5  # shard-header counters (read by dump, demo, tests)
 HIST_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # recv calls per batch: <=1, <=2, ... , 64+
@@ -459,8 +461,13 @@ class ReceiveLoop:
         try:
             while True:
                 if conn.phase == PHASE_PAYLOAD:
+                    left = conn.left
                     try:
-                        n = sock.recv_into(conn.target, conn.left)  # type: ignore[arg-type]
+                        if left <= SCATTER_MAX and not (conn.moving or conn.closing):
+                            # one syscall for the payload's tail and the next batch header
+                            n = sock.recvmsg_into([conn.target, conn.hview])[0]  # type: ignore[list-item]
+                        else:
+                            n = sock.recv_into(conn.target, left)  # type: ignore[arg-type]
                     except BlockingIOError:
                         self.recv_calls += 1
                         self.payload_recv_calls += 1
@@ -474,13 +481,20 @@ class ReceiveLoop:
                     if n == 0:
                         self._peer_closed(conn)
                         return
-                    left = conn.left - n
-                    conn.left = left
                     budget -= n
-                    if left:
+                    if n < left:
+                        conn.left = left - n
                         conn.target = conn.target[n:]  # type: ignore[index]
                         continue
+                    conn.left = 0
                     self._complete_batch(conn)
+                    if n > left:  # the next header's first bytes came with it
+                        conn.hfill = n - left
+                        if conn.hfill == BATCH_HEADER_SIZE:
+                            self._on_header(conn)
+                        if budget <= 0:
+                            break
+                        continue
                     if (conn.closing or conn.moving) and not self._at_boundary(conn):
                         return
                     if budget <= 0:
