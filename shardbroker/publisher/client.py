@@ -305,26 +305,19 @@ class Publisher:
         buf = self._ackbuf
         pos = 0
         while True:
-            if self.broker_id is None:
-                if len(buf) - pos < 4:
-                    break
-                (word,) = struct.unpack_from("<I", buf, pos)
-                if word == CONTROL_MAGIC:
-                    if not self._parse_control(buf, pos):
-                        break
+            # the stream starts with an i32 broker id, then u64 counts; either position may
+            # instead hold an SESF control frame (the broker's reason for closing)
+            need = 4 if self.broker_id is None else 8
+            if len(buf) - pos < need:
+                break
+            if struct.unpack_from("<I", buf, pos)[0] == CONTROL_MAGIC:
+                if self._parse_control(buf, pos):
                     pos = len(buf)
-                    break
+                break
+            if self.broker_id is None:
                 (self.broker_id,) = ACK_BROKER_ID.unpack_from(buf, pos)
                 pos += 4
                 continue
-            if len(buf) - pos < 8:
-                break
-            (word,) = struct.unpack_from("<I", buf, pos)
-            if word == CONTROL_MAGIC:
-                if not self._parse_control(buf, pos):
-                    break
-                pos = len(buf)
-                break
             (count,) = ACK_COUNT.unpack_from(buf, pos)
             pos += 8
             self.acked_messages = self._acked_before_conn + count

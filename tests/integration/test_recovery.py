@@ -20,7 +20,14 @@ from shardbroker.segment import shm
 from shardbroker.supervisor.process import BrokerProcess
 from shardbroker.wire import protocol as p
 
-from .conftest import BrokerFactory, raw_batch, shard_stats, verify_segment, wait_for
+from .conftest import (
+    BrokerFactory,
+    closing_reason,
+    raw_batch,
+    shard_stats,
+    verify_segment,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 GEOM = BatchGeometry.for_batch(2 << 20, 1024)
@@ -132,20 +139,6 @@ def _cfg(tmp_path: Any, text: str) -> str:
     return str(f)
 
 
-def _reason(sock: socket.socket) -> str:
-    sock.settimeout(10)
-    got = b""
-    try:
-        while chunk := sock.recv(4096):
-            got += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    i = got.find(p.CONTROL_MAGIC.to_bytes(4, "little"))
-    assert i >= 0, got[:40]
-    n = p.CONTROL_FRAME.unpack_from(got, i)[1]
-    return got[i + 8: i + 8 + n].decode()
-
-
 def test_slowloris_handshake_and_batch_time_out(tmp_path: Any, broker: BrokerFactory) -> None:
     b = broker("--config", _cfg(tmp_path, "[limits]\nhandshake_timeout_s = 1.5\n"
                                           "batch_timeout_s = 1.5\n"))
@@ -160,8 +153,8 @@ def test_slowloris_handshake_and_batch_time_out(tmp_path: Any, broker: BrokerFac
         except OSError:
             break
         time.sleep(0.1)
-    assert _reason(slow).startswith("timeout.handshake")
-    assert _reason(slow_batch).startswith("timeout.batch")
+    assert closing_reason(slow).startswith("timeout.handshake")
+    assert closing_reason(slow_batch).startswith("timeout.batch")
     assert time.monotonic() - t0 < 6
     slow.close()
     slow_batch.close()
@@ -173,7 +166,7 @@ def test_idle_timeout(tmp_path: Any, broker: BrokerFactory) -> None:
     b = broker("--config", _cfg(tmp_path, "[limits]\nidle_timeout_s = 1.0\n"))
     s = socket.create_connection((b.host, b.port), timeout=10)
     s.sendall(p.HANDSHAKE.pack(5, 1, 0, 0, 0, 0, b"t\0"))
-    assert _reason(s).startswith("timeout.idle")
+    assert closing_reason(s).startswith("timeout.idle")
     s.close()
 
 
@@ -185,7 +178,7 @@ def test_connection_caps_and_allow_list(tmp_path: Any, broker: BrokerFactory) ->
                  ["open_connections"] + client.request(b.ready["control"], "status")
                  ["receivers"][1]["open_connections"] == 3, 10, "3 connections")
         extra = socket.create_connection((b.host, b.port), timeout=10)
-        assert _reason(extra).startswith("accept.too_many_from_source")
+        assert closing_reason(extra).startswith("accept.too_many_from_source")
         extra.close()
     finally:
         for s in socks:
