@@ -15,6 +15,7 @@ from shardbroker import config as config_mod
 from shardbroker import log as logmod
 from shardbroker.errors import ShardbrokerError
 from shardbroker.platform import linux
+from shardbroker.receiver.backend import create_loop
 from shardbroker.receiver.loop import ReceiveLoop
 from shardbroker.receiver.spec import ReceiverSpec
 from shardbroker.segment import shm
@@ -50,9 +51,10 @@ class MetricsPublisher:
         with contextlib.suppress(zmq.Again):
             self.sock.send(json.dumps(loop.snapshot()).encode(), zmq.NOBLOCK)
 
-    def close(self, loop: ReceiveLoop) -> None:
+    def close(self, loop: ReceiveLoop | None) -> None:
         if self.sock is not None and self.ctx is not None:
-            self.send(loop)  # final figures
+            if loop is not None:
+                self.send(loop)  # final figures
             self.sock.close()
             self.ctx.term()
 
@@ -92,15 +94,24 @@ def main(argv: list[str]) -> int:
         incoming = spec.cpu if cfg.socket.incoming_cpu or cfg.broker.accept == "reuseport" \
             else None
         listener = linux.reuseport_listener(host, port, incoming, listen=True)
-    loop = ReceiveLoop(cfg, writer, control, log, on_tick=publisher.tick, cpu=spec.cpu,
-                       listener=listener)
+    try:
+        loop = create_loop(cfg, writer, control, log, on_tick=publisher.tick, cpu=spec.cpu,
+                           listener=listener)
+    except ShardbrokerError as exc:  # an explicit --backend uring that cannot run here
+        log.error("receiver.boot_failed", error=str(exc))
+        control.send(b"fail " + json.dumps({"error": str(exc)}).encode())
+        publisher.close(None)
+        return 3
     control.send(b"ready " + json.dumps({
         "shard": spec.shard, "cpu": spec.cpu, "backend": loop.backend,
+        "backend_fallback": loop.backend_fallback,
         "allowed_cpus": linux.allowed_cpus(), "resumed_at_batch": writer.next_index,
         "restarts": writer.restarts,
     }).encode())
     log.info("receiver.ready", cpu=spec.cpu, backend=loop.backend, populate_s=round(populate_s, 3),
              resumed_at_batch=writer.next_index)
+    if loop.backend == "uring":
+        log.info("receiver.uring", setup=getattr(loop, "setup_names", []))
     try:
         loop.run()
     finally:

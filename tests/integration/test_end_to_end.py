@@ -22,11 +22,13 @@ from shardbroker.publisher.batches import BatchGeometry
 from shardbroker.wire import protocol as p
 
 from .conftest import (
+    BACKENDS,
     BrokerFactory,
     raw_batch,
     raw_publisher,
     read_acks,
     shard_stats,
+    skip_unless_backend,
     verify_segment,
     wait_for,
 )
@@ -36,6 +38,12 @@ pytestmark = pytest.mark.integration
 BATCH = 2 << 20
 MSG = 1024
 GEOM = BatchGeometry.for_batch(BATCH, MSG)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here is the receive path's contract: it runs against each backend."""
+    return skip_unless_backend(str(request.param))
 
 
 def _load(b: Any, connections: int = 4, total: int = 256 << 20, **kw: Any) -> dict[str, Any]:
@@ -51,10 +59,11 @@ def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
     return t, out
 
 
-def test_four_publishers_256mib_exactly_once(broker: BrokerFactory) -> None:
+def test_four_publishers_256mib_exactly_once(broker: BrokerFactory, backend: str) -> None:
     b = broker(blog="256MiB")
     assert b.ready["event"] == "ready" and b.ready["threads"] == 2
-    assert b.ready["backend"] == "epoll"
+    assert b.ready["backend"] == backend
+    assert all(r["backend"] == backend for r in b.ready["receivers"])
     result = _load(b)
     assert not result["errors"]
     assert result["bytes"] >= 256 << 20
