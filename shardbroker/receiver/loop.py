@@ -170,21 +170,32 @@ class ReceiveLoop:
                         if owner is not None:
                             self._on_writable(owner)
                 now = time.monotonic()
-                if now >= next_stats:
-                    self.sweep_timeouts(now)
-                    self.flush_stats()
-                    if self.on_tick is not None:
-                        self.on_tick(self)
-                    next_stats = now + STATS_INTERVAL_S
-                if self.stopping and (not conns or now >= self.stop_deadline):
-                    for c in list(conns.values()):
-                        self._close(c, "receiver.stop_deadline" if c.in_batch else "")
+                next_stats = self._periodic(now, next_stats)
+                if self._stop_due(now):
                     return
         finally:
             self.flush_stats()
             for c in list(conns.values()):
                 self._close(c, "")
             self.ep.close()
+
+    def _periodic(self, now: float, next_stats: float) -> float:
+        """Timeouts, shard-header counters and metrics, every STATS_INTERVAL_S (both backends)."""
+        if now < next_stats:
+            return next_stats
+        self.sweep_timeouts(now)
+        self.flush_stats()
+        if self.on_tick is not None:
+            self.on_tick(self)
+        return now + STATS_INTERVAL_S
+
+    def _stop_due(self, now: float) -> bool:
+        """Stopping, and nothing is left in flight (or the grace is over): close the rest."""
+        if not self.stopping or (self.conns and now < self.stop_deadline):
+            return False
+        for c in list(self.conns.values()):
+            self._close(c, "receiver.stop_deadline" if c.in_batch else "")
+        return True
 
     def _on_control(self) -> bool:
         """Messages from the supervisor. False: leave the loop."""

@@ -426,17 +426,10 @@ class UringLoop(ReceiveLoop):
                             if self.listener is not None:
                                 self._accept()
                 now = time.monotonic()
-                if now >= next_stats:
-                    # (progress inside one RECV shows when it completes: a header trickled
-                    # in byte by byte counts as idle until all 128 bytes are there)
-                    self.sweep_timeouts(now)
-                    self.flush_stats()
-                    if self.on_tick is not None:
-                        self.on_tick(self)
-                    next_stats = now + STATS_INTERVAL_S
-                if self.stopping and (not conns or now >= self.stop_deadline):
-                    for c in list(conns.values()):
-                        self._close(c, "receiver.stop_deadline" if c.in_batch else "")
+                # (progress inside one RECV shows when it completes: a header trickled in
+                # byte by byte counts as idle for the timeouts until all 128 bytes are there)
+                next_stats = self._periodic(now, next_stats)
+                if self._stop_due(now):
                     return
         finally:
             self.flush_stats()
