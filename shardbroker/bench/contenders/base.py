@@ -128,3 +128,20 @@ def fill_usage(res: RunResult, use: measure.Usage, rss_peak_mib: float) -> None:
     res.machine_cpu_s = use.machine_cpu_s
     res.wakeups = use.receiver_switches
     res.receiver_rss_mib = rss_peak_mib
+
+
+def absorb_run(res: RunResult, sums: Sequence[dict[str, Any]], use: measure.Usage,
+               rss_peak_mib: float, receivers: Sequence[dict[str, Any]]) -> None:
+    """The common tail of a measured run: fail on any worker's reported error, then the CPU
+    usage and the receivers' self-reported counters."""
+    sender_errors(sums)
+    sender_errors(receivers)
+    fill_usage(res, use, rss_peak_mib)
+    add_self_reported(res, receivers)
+
+
+def require_data(res: RunResult, check: dict[str, Any]) -> None:
+    """Record a data check; a run whose data is wrong gives no figures."""
+    res.data_check = check
+    if not check["ok"]:
+        raise RunFailed("data check failed: " + "; ".join(check["problems"]))

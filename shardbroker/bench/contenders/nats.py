@@ -20,10 +20,8 @@ from shardbroker.bench.contenders.base import (
     Contender,
     Environment,
     RunContext,
-    add_self_reported,
-    fill_usage,
+    absorb_run,
     measured_run,
-    sender_errors,
 )
 from shardbroker.bench.measure import SelfUsage
 from shardbroker.bench.procs import (
@@ -181,10 +179,7 @@ class NatsContender(Contender):
 
             sums, use, rss, rsums = measured_run(tx, [server.pid], ctx.timeout_s, all_received,
                                                  rss_pids=[p.pid for p in rx.procs])
-            sender_errors(sums)
-            sender_errors(rsums)
-            fill_usage(res, use, rss)
-            add_self_reported(res, rsums)
+            absorb_run(res, sums, use, rss, rsums)
             res.bytes = sum(int(r["bytes"]) for r in rsums)
             messages = sum(int(r["batches"]) for r in rsums)
             res.extra["messages"] = messages

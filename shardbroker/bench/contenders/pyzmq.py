@@ -15,10 +15,9 @@ from shardbroker.bench import datacheck
 from shardbroker.bench.contenders.base import (
     Contender,
     RunContext,
-    add_self_reported,
-    fill_usage,
+    absorb_run,
     measured_run,
-    sender_errors,
+    require_data,
 )
 from shardbroker.bench.contenders.staging import receiver_ports
 from shardbroker.bench.measure import SelfUsage
@@ -158,10 +157,7 @@ class PyzmqContender(Contender):
             tx.wait_ready()
             sums, use, rss, rsums = measured_run(tx, [], ctx.timeout_s, lambda: rx.collect(60),
                                                  rss_pids=[p.pid for p in rx.procs])
-            sender_errors(sums)
-            sender_errors(rsums)
-            fill_usage(res, use, rss)
-            add_self_reported(res, rsums)
+            absorb_run(res, sums, use, rss, rsums)
             res.bytes = sum(int(r["bytes"]) for r in rsums)
             res.batches = sum(int(r["batches"]) for r in rsums)
             res.seconds = (max(float(r["t_last"]) for r in rsums)
@@ -169,11 +165,9 @@ class PyzmqContender(Contender):
             res.sender_cpu_util = max(float(s["cpu_s"]) / max(1e-9, float(s["t_end"])
                                                                - float(s["t_start"]))
                                       for s in sums)
-            res.data_check = datacheck.counts_check(
+            require_data(res, datacheck.counts_check(
                 sum(per_pub), res.batches, sum(int(s["bytes"]) for s in sums), res.bytes,
-                sum(int(r["sampled"]) for r in rsums), sum(int(r["bad"]) for r in rsums))
-            if not res.data_check["ok"]:
-                raise RunFailed("data check failed: " + "; ".join(res.data_check["problems"]))
+                sum(int(r["sampled"]) for r in rsums), sum(int(r["bad"]) for r in rsums)))
         except (RunFailed, OSError, ValueError) as exc:
             res.fail(str(exc))
         finally:

@@ -22,6 +22,7 @@ from shardbroker.bench.contenders.base import (
     fill_from_senders,
     fill_usage,
     measured_run,
+    require_data,
     sender_errors,
 )
 from shardbroker.bench.contenders.shardbroker import latency_fields, sender_plan
@@ -203,12 +204,10 @@ def run_ack_receivers(res: RunResult, sc: Scenario, ctx: RunContext, floor: bool
         add_self_reported(res, rsums)
         latency_fields(res, sums)
         res.recv_calls = sum(int(r["recv_calls"]) for r in rsums)
-        res.data_check = datacheck.counts_check(
+        require_data(res, datacheck.counts_check(
             res.batches, sum(int(r["batches"]) for r in rsums), res.bytes,
             sum(int(r["bytes"]) for r in rsums), sum(int(r["sampled"]) for r in rsums),
-            sum(int(r["bad"]) for r in rsums))
-        if not res.data_check["ok"]:
-            raise RunFailed("data check failed: " + "; ".join(res.data_check["problems"]))
+            sum(int(r["bad"]) for r in rsums)))
     except (RunFailed, OSError, ValueError) as exc:
         res.fail(str(exc))
     finally:
