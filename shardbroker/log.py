@@ -34,7 +34,9 @@ def configure(level: str = "info", fmt: str = "auto", **bound: Any) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write() per line: receivers and the supervisor share stderr, and two-part writes
+        # from several processes interleave into lines that are no longer JSON
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()
