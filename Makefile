@@ -13,7 +13,7 @@ TEST_DEBS = ethtool iproute2 numactl procps shellcheck strace
 BENCH_DEBS = iperf3 nats-server
 BENCH_OUT ?= out/bench
 
-.PHONY: venv demo test lint typecheck unit integration container clean bench bench-deps bench-quick
+.PHONY: venv demo test lint typecheck unit integration container clean bench bench-deps bench-quick bench-consumers
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || tools/system_deps.sh $(BASE_DEBS)
@@ -66,6 +66,14 @@ bench: bench-deps
 
 bench-quick: bench-deps
 	$(BIN)/shardbroker bench --quick --json $(BENCH_OUT)/quick.json
+
+# Consumers (issue #9): read GB/s while publishing, `block` vs `overwrite`, futex vs backoff.
+bench-consumers: venv
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python -m shardbroker.consumer.measure --repeat 3 --total 2GiB \
+	  --json $(BENCH_OUT)/consumers-2MiB.json
+	$(BIN)/python -m shardbroker.consumer.measure --repeat 3 --total 1GiB --batch-size 64KiB \
+	  --json $(BENCH_OUT)/consumers-64KiB.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

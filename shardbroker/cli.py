@@ -47,6 +47,11 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="leave the segment in /dev/shm at exit, for readers")
     run.add_argument("--blog-size", type=_size, help=f"BLog ring per shard ({SIZE_HELP})")
     run.add_argument("--pbr-slots", type=int, help="PBR ring slots per shard")
+    run.add_argument("--retention", choices=["overwrite", "block"],
+                     help="full rings: overwrite the oldest batches (default), or block "
+                          "publishers while a live consumer still needs the space")
+    run.add_argument("--consumer-timeout", type=float, metavar="SECONDS",
+                     help="a consumer silent this long stops holding data back (default 30)")
     run.add_argument("--rcvlowat-cap", type=_size,
                      help="SO_RCVLOWAT cap per connection, 0 = off (default 1MiB)")
     run.add_argument("--rcvbuf", type=_size,
@@ -136,6 +141,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="do not start a broker when none is running")
     doc.add_argument("--json", action="store_true")
     from shardbroker.bench import add_parser as add_bench_parser
+    from shardbroker.consumer.cli import add_parsers as add_consumer_parsers
+
+    add_consumer_parsers(sub)
 
     add_bench_parser(sub)
     keys = sub.add_parser("keys", help="write a CURVE key pair for a tcp:// control endpoint")
@@ -267,6 +275,10 @@ def _run_overrides(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
         o["segment"]["blog_bytes_per_shard"] = a.blog_size
     if a.pbr_slots is not None:
         o["segment"]["pbr_slots"] = a.pbr_slots
+    if a.retention:
+        o["segment"]["retention"] = a.retention
+    if a.consumer_timeout is not None:
+        o["segment"]["consumer_timeout_s"] = a.consumer_timeout
     if a.rcvlowat_cap is not None:
         o["socket"]["rcvlowat_cap"] = a.rcvlowat_cap
     if a.rcvbuf is not None:
@@ -331,6 +343,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
                     batch_bytes=a.batch_size, message_size=a.message_size, as_json=a.json)
 
 
+def cmd_tail(a: argparse.Namespace) -> int:
+    from shardbroker.consumer.cli import cmd_tail as run
+
+    return run(a)
+
+
+def cmd_consumers(a: argparse.Namespace) -> int:
+    from shardbroker.consumer.cli import cmd_consumers as run
+
+    return run(a)
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from shardbroker.bench import run_from_args
 
@@ -340,7 +364,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "publish": cmd_publish, "dump": cmd_dump, "demo": cmd_demo,
             "status": cmd_status, "stats": cmd_stats, "top": cmd_top, "drain": cmd_simple,
             "stop": cmd_simple, "scale": cmd_simple, "keys": cmd_keys,
-            "topology": cmd_topology, "doctor": cmd_doctor, "bench": cmd_bench}
+            "topology": cmd_topology, "doctor": cmd_doctor, "bench": cmd_bench,
+            "tail": cmd_tail, "consumers": cmd_consumers}
 
 
 

@@ -66,6 +66,8 @@ class SegmentConfig:
     memory_node: int = -1  # NUMA node for the segment's pages; -1 = the receivers' node
     hugepages: str = "off"  # off | thp | hugetlbfs
     hugetlbfs_mount: str = "/dev/hugepages"
+    retention: str = "overwrite"  # overwrite | block (keep what live consumers have not read)
+    consumer_timeout_s: float = 30.0  # a consumer silent this long stops holding data back
 
 
 @dataclass
@@ -171,6 +173,12 @@ class Config:
         if self.segment.hugepages not in ("off", "thp", "hugetlbfs"):
             raise ConfigError("segment.hugepages", f"{self.segment.hugepages!r} is not a mode",
                               hint="use off, thp or hugetlbfs")
+        if self.segment.retention not in ("overwrite", "block"):
+            raise ConfigError("segment.retention", f"{self.segment.retention!r} is not a policy",
+                              hint="use overwrite (the rings keep the newest data) or block "
+                                   "(publishers wait for the slowest live consumer)")
+        if not 0.1 <= self.segment.consumer_timeout_s <= 86_400:
+            raise ConfigError("segment.consumer_timeout_s", "must be within 0.1..86400 seconds")
         if self.socket.busy_poll_us < 0:
             raise ConfigError("socket.busy_poll_us", "must be >= 0")
         if self.metrics.interval_s < 0:

@@ -43,3 +43,12 @@ class PublishError(ShardbrokerError):
     def __init__(self, message: str, reason: str = "", hint: str = "") -> None:
         self.reason = reason
         super().__init__(message, hint)
+
+
+class ConsumerError(ShardbrokerError):
+    """A consumer cannot register, resume or read (name in use, table full, no access)."""
+
+
+class ConsumerExpired(ConsumerError):
+    """This consumer's heartbeat was older than the segment's consumer timeout: it stopped
+    holding data back, and batches may have been overwritten since (``rejoin`` to go on)."""

@@ -14,7 +14,7 @@ COUNTERS = (
     "bytes", "batches", "messages", "recv_calls", "payload_recv_calls", "eagain", "wakeups",
     "lowat_sets", "acks_sent", "connections_total", "disconnects_mid_batch",
     "lapped_in_flight", "duplicates_skipped", "moved_in", "moved_out", "cpu_user_s",
-    "cpu_sys_s", "backpressured_s",
+    "cpu_sys_s", "backpressured_s", "parks", "retention_checks",
     "uring_enters", "uring_completions",
 )
 RATES = ("bytes", "batches", "messages", "recv_calls", "wakeups", "cpu_user_s", "cpu_sys_s")
@@ -55,6 +55,7 @@ class ShardFigures:
             recv_calls_per_batch=_ratio(out["recv_calls"], out["batches"]),
             wakeups_per_batch=_ratio(out["wakeups"], out["batches"]),
             connections_open=s.get("connections_open", 0),
+            parked_connections=s.get("parked_connections", 0),
             rcvbuf_min=s.get("rcvbuf_min", 0), rcvbuf_max=s.get("rcvbuf_max", 0),
             commit_latency_us=s.get("commit_latency_us", {}),
             segment_fill=s.get("segment_fill", {}), rss_bytes=s.get("rss_bytes", 0),
@@ -103,6 +104,7 @@ class MetricsAggregator:
             uring_enters_per_batch=_ratio(total["uring_enters"], total["batches"]),
             uring_completions_per_batch=_ratio(total["uring_completions"], total["batches"]),
             connections_open=sum(f["connections_open"] for f in shards.values()),
+            parked_connections=sum(f["parked_connections"] for f in shards.values()),
             rcvbuf_min=min((f["rcvbuf_min"] for f in rcv), default=0),
             rcvbuf_max=max((f["rcvbuf_max"] for f in rcv), default=0),
             commit_latency_us_p99_max=max(

@@ -22,6 +22,11 @@ SERIES = (
      "recv_calls_per_batch"),
     ("shardbroker_rcvbuf_max_bytes", "Largest effective SO_RCVBUF", "gauge", "rcvbuf_max"),
     ("shardbroker_rss_bytes", "Receiver resident memory", "gauge", "rss_bytes"),
+    ("shardbroker_backpressured_seconds_total",
+     "Time publishers were held back for consumers (retention block)", "counter",
+     "backpressured_s"),
+    ("shardbroker_parked_connections", "Connections waiting for a consumer to make room",
+     "gauge", "parked_connections"),
 )
 
 

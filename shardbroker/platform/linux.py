@@ -50,6 +50,19 @@ def populate_write(mm: mmap.mmap, length: int, start: int = 0) -> None:
         ) from exc
 
 
+def pid_alive(pid: int) -> bool:
+    """Does process ``pid`` exist (another user's counts)?"""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pin_to_cpu(cpu: int) -> None:
     try:
         os.sched_setaffinity(0, {cpu})
@@ -251,3 +264,52 @@ def reuseport_listener(host: str, port: int, incoming_cpu: int | None, listen: b
         s.close()
         raise
     return s
+
+
+# --------------------------------------------------------------------------- futex
+
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "riscv64": 98, "ppc64le": 221, "s390x": 238}
+FUTEX_WAIT = 0  # shared (not FUTEX_PRIVATE_FLAG): the word lives in a shared mapping
+FUTEX_WAKE = 1
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def futex_supported() -> bool:
+    return os.uname().machine in _SYS_FUTEX
+
+
+def futex_wait(addr: int, expected: int, timeout_s: float) -> bool:
+    """Sleep while the u32 at ``addr`` equals ``expected``, at most ``timeout_s``.
+    False on timeout; True when woken, interrupted or the value had already changed."""
+    ts = _Timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
+    r = _libc.syscall(_SYS_FUTEX[os.uname().machine], ctypes.c_void_p(addr), FUTEX_WAIT,
+                      ctypes.c_uint32(expected), ctypes.byref(ts), None, 0)
+    if r == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ETIMEDOUT:
+        return False
+    if err in (errno.EAGAIN, errno.EINTR):
+        return True
+    raise PlatformError("futex(FUTEX_WAIT)", err, os.strerror(err))
+
+
+def futex_wake(addr: int, count: int = 0x7FFF_FFFF) -> int:
+    """Wake up to ``count`` waiters on the u32 at ``addr``; returns how many woke."""
+    r = _libc.syscall(_SYS_FUTEX[os.uname().machine], ctypes.c_void_p(addr), FUTEX_WAKE,
+                      ctypes.c_int(count), None, None, 0)
+    if r < 0:
+        err = ctypes.get_errno()
+        raise PlatformError("futex(FUTEX_WAKE)", err, os.strerror(err))
+    return int(r)
+
+
+def shared_address(buf: memoryview, offset: int) -> int:
+    """Address of ``buf[offset]`` in this process, for a read-only mapping too (numpy's view
+    needs no writable export, unlike ctypes.from_buffer)."""
+    import numpy as np
+
+    return int(np.frombuffer(buf, dtype=np.uint8, count=1, offset=offset).ctypes.data)

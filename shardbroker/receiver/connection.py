@@ -32,7 +32,7 @@ class Connection:
         "res", "target", "left", "batch_seq", "orig_seq", "num_msg", "session_epoch",
         "lowat", "acked", "ack_sock", "out_partial", "out_latest", "want_write",
         "batches", "closing", "header_ns", "recvs", "batch_recvs_start", "moving",
-        "dedupe_below", "duplicate", "opened_at", "progress_mark", "idle_since",
+        "dedupe_below", "duplicate", "opened_at", "progress_mark", "idle_since", "parked",
     )
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
@@ -69,6 +69,7 @@ class Connection:
         self.recvs = 0  # recv calls on this connection
         self.batch_recvs_start = 0  # self.recvs when the current batch began
         self.moving = False  # hand this connection to another receiver at a batch boundary
+        self.parked = False  # header read, waiting for segment room (retention `block`)
 
     @property
     def header_need(self) -> int:
@@ -81,7 +82,8 @@ class Connection:
 
     @property
     def in_batch(self) -> bool:
-        return self.phase == PHASE_PAYLOAD or (self.phase == PHASE_HEADER and self.hfill > 0)
+        return (self.phase == PHASE_PAYLOAD or self.parked
+                or (self.phase == PHASE_HEADER and self.hfill > 0))
 
     def state(self) -> dict[str, object]:
         """What another receiver needs to continue this connection (at a batch boundary)."""

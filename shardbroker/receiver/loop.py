@@ -52,6 +52,7 @@ DRAIN_BUDGET = 16 << 20  # bytes per connection per wakeup, so one publisher can
 STATS_INTERVAL_S = 0.5  # shard-header counters (read by dump, demo, tests)
 HIST_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # recv calls per batch: <=1, <=2, ... , 64+
 LATENCY_RING = 4096  # commit latencies kept for p50/p99 per snapshot
+BLOCK_RECHECK_S = 0.001  # retention `block`: how often parked connections look for room
 
 
 def hist_bucket(n: int) -> int:
@@ -129,7 +130,10 @@ class ReceiveLoop:
         self.recv_hist = [0] * len(HIST_BUCKETS)
         self.latency_ns = [0] * LATENCY_RING
         self.latency_count = 0
-        self.backpressured_s = 0.0  # time not reading because the segment was full (none yet)
+        self.backpressured_s = 0.0  # time with connections parked (retention `block`)
+        self.parked: dict[int, Connection] = {}  # fd -> connection waiting for segment room
+        self.parked_since = 0.0
+        self.parks = 0  # times a batch had to wait for a consumer
         self.uring_enters = 0  # io_uring_enter calls (uring backend; 0 here)
         self.uring_completions = 0  # CQEs reaped (uring backend; 0 here)
         self.backend_fallback = ""  # why `auto` did not get io_uring ("" = it was not asked)
@@ -147,6 +151,8 @@ class ReceiveLoop:
         try:
             while True:
                 timeout = max(0.0, next_stats - time.monotonic())
+                if self.parked:
+                    timeout = min(timeout, BLOCK_RECHECK_S)
                 try:
                     events = self.ep.poll(timeout)
                 except InterruptedError:
@@ -159,7 +165,10 @@ class ReceiveLoop:
                         if ev & EPOLLOUT:
                             self._on_writable(conn)
                         if ev & ~EPOLLOUT and fd in conns:
-                            self._on_readable(conn)
+                            if conn.parked:  # only EPOLLERR/EPOLLHUP reach a parked socket
+                                self._peer_closed(conn)
+                            else:
+                                self._on_readable(conn)
                     elif fd == ctrl_fd:
                         if not self._on_control():
                             return
@@ -170,6 +179,8 @@ class ReceiveLoop:
                         if owner is not None:
                             self._on_writable(owner)
                 now = time.monotonic()
+                if self.parked:
+                    self.retry_parked(now)
                 next_stats = self._periodic(now, next_stats)
                 if self._stop_due(now):
                     return
@@ -261,7 +272,7 @@ class ReceiveLoop:
         self.stopping = True
         self.stop_deadline = time.monotonic() + 5.0
         for c in list(self.conns.values()):
-            if c.in_batch:
+            if c.in_batch and not c.parked:
                 c.closing = True  # finish the batch in flight, then close
             else:
                 self._close(c, "")
@@ -409,6 +420,8 @@ class ReceiveLoop:
         if self.conns.pop(fd, None) is None:
             return
         self.in_flight.pop(fd, None)
+        if self.parked.pop(fd, None) is not None and not self.parked:
+            self.backpressured_s += time.monotonic() - self.parked_since
         if conn.out_latest is not None or conn.out_partial:
             # best effort: the last count still tells the publisher what is committed
             with contextlib.suppress(OSError):
@@ -503,6 +516,8 @@ class ReceiveLoop:
                         conn.hfill = n - left
                         if conn.hfill == BATCH_HEADER_SIZE:
                             self._on_header(conn)
+                            if conn.parked:
+                                break
                         if budget <= 0:
                             break
                         continue
@@ -535,6 +550,8 @@ class ReceiveLoop:
                             return
                     else:
                         self._on_header(conn)
+                        if conn.parked:
+                            break
         except ProtocolError as exc:
             self._reject(conn, str(exc.reason), exc.detail)
             return
@@ -607,21 +624,70 @@ class ReceiveLoop:
         assert hs is not None
         hdr = decode_batch_header(conn.hbuf, hs.client_id, self.limits)
         conn.hfill = 0
-        size = hdr.total_size
+        conn.batch_seq = hdr.batch_seq
+        conn.orig_seq = hdr.original_client_batch_seq
+        conn.num_msg = hdr.num_msg
+        conn.session_epoch = hdr.session_epoch
+        conn.left = hdr.total_size
+        if self.parked or (self.writer.blocking and not self._room_for(hdr.total_size)):
+            self._park(conn)  # retention `block`: a live consumer still needs the space
+            return
+        self._reserve(conn)
+
+    def _room_for(self, size: int) -> bool:
+        pending = [c.res.blog_abs for c in self.in_flight.values() if c.res is not None]
+        return self.writer.has_room(size, min(pending) if pending else None)
+
+    def _reserve(self, conn: Connection) -> None:
+        """Give the batch whose header ``conn`` holds its BLog space: the payload phase."""
+        size = conn.left
         res = self.writer.reserve(size)
         if self.in_flight:
             self._abort_lapped()
         conn.res = res
         conn.target = self.buf[res.log_idx: res.log_idx + size]
-        conn.left = size
-        conn.batch_seq = hdr.batch_seq
-        conn.orig_seq = hdr.original_client_batch_seq
-        conn.num_msg = hdr.num_msg
-        conn.session_epoch = hdr.session_epoch
-        conn.duplicate = hdr.batch_seq < conn.dedupe_below
+        conn.duplicate = conn.batch_seq < conn.dedupe_below
         conn.phase = PHASE_PAYLOAD
         conn.header_ns = time.monotonic_ns()
         self.in_flight[conn.fd] = conn
+
+    # ------------------------------------------------------------------ retention: block
+
+    def _park(self, conn: Connection) -> None:
+        """Stop reading ``conn`` until the segment has room for its batch: the socket's receive
+        queue fills and TCP flow control stalls the publisher (nothing is dropped)."""
+        if not self.parked:
+            self.parked_since = time.monotonic()
+        conn.parked = True
+        self.parked[conn.fd] = conn
+        self.parks += 1
+        self._pause_reading(conn)
+
+    def _pause_reading(self, conn: Connection) -> None:
+        """epoll: keep only EPOLLOUT (pending acks), so a parked socket cannot wake the loop."""
+        with contextlib.suppress(OSError, ValueError):
+            same_ack = conn.want_write and conn.ack_sock is conn.sock
+            self.ep.modify(conn.fd, EPOLLOUT if same_ack else 0)
+
+    def _resume_reading(self, conn: Connection) -> None:
+        same_ack = conn.want_write and conn.ack_sock is conn.sock
+        self.ep.modify(conn.fd, EPOLLIN | (EPOLLOUT if same_ack else 0))
+        self._on_readable(conn)  # its bytes are queued already
+
+    def retry_parked(self, now: float) -> None:
+        """Unpark connections, oldest first, while the consumers have made room for them."""
+        for fd, conn in list(self.parked.items()):
+            if self.conns.get(fd) is not conn:
+                del self.parked[fd]
+                continue
+            if not self._room_for(conn.left):
+                break  # first come, first served: nobody overtakes the oldest
+            del self.parked[fd]
+            conn.parked = False
+            self._reserve(conn)
+            self._resume_reading(conn)
+        if not self.parked:
+            self.backpressured_s += now - self.parked_since
 
     def _abort_lapped(self) -> None:
         """A new reservation reclaimed BLog bytes a slow connection is still receiving into:
@@ -713,7 +779,9 @@ class ReceiveLoop:
             if mark != c.progress_mark:
                 c.progress_mark = mark
                 c.idle_since = now
-            if c.phase == PHASE_HANDSHAKE and lim.handshake_timeout_s \
+            if c.parked:
+                c.idle_since = now  # stalled by us (retention `block`), not by the peer
+            elif c.phase == PHASE_HANDSHAKE and lim.handshake_timeout_s \
                     and now - c.opened_at > lim.handshake_timeout_s:
                 self._reject(c, str(Reason.TIMEOUT_HANDSHAKE),
                              f"no complete handshake within {lim.handshake_timeout_s:g} s")
@@ -764,7 +832,10 @@ class ReceiveLoop:
             "disconnects_mid_batch": self.disconnects_mid_batch,
             "lapped_in_flight": self.lapped_in_flight,
             "duplicates_skipped": self.duplicates_skipped,
-            "backpressured_s": self.backpressured_s,
+            "backpressured_s": self.backpressured_s + (
+                time.monotonic() - self.parked_since if self.parked else 0.0),
+            "parked_connections": len(self.parked), "parks": self.parks,
+            "retention_checks": self.writer.room_checks,
             "segment_fill": {
                 "pbr": min(w.next_index, w.slots) / w.slots,
                 "blog": min(w.head, w.blog_bytes) / w.blog_bytes,

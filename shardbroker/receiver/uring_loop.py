@@ -84,7 +84,7 @@ from shardbroker.platform.uring import (
     flag_names,
 )
 from shardbroker.receiver.connection import PHASE_HANDSHAKE, PHASE_PAYLOAD, Connection
-from shardbroker.receiver.loop import STATS_INTERVAL_S, ReceiveLoop
+from shardbroker.receiver.loop import BLOCK_RECHECK_S, STATS_INTERVAL_S, ReceiveLoop
 from shardbroker.segment.writer import ShardWriter
 from shardbroker.wire.protocol import BATCH_HEADER_SIZE, HANDSHAKE_SIZE, ProtocolError
 
@@ -196,6 +196,13 @@ class UringLoop(ReceiveLoop):
         assert isinstance(conn, UringConnection)
         self.to_arm.append(conn)
 
+    def _pause_reading(self, conn: Connection) -> None:
+        """Nothing to undo: a parked connection simply gets no new receive chain."""
+
+    def _resume_reading(self, conn: Connection) -> None:
+        assert isinstance(conn, UringConnection)
+        self.to_arm.append(conn)
+
     def _want_write(self, conn: Connection, on: bool) -> None:
         assert isinstance(conn, UringConnection)
         if conn.want_write == on or conn.ack_sock is None:
@@ -286,7 +293,7 @@ class UringLoop(ReceiveLoop):
     def _arm(self, conn: UringConnection) -> None:
         """Queue the next receive chain: the rest of the header, or the rest of the payload
         followed by the next batch header."""
-        if conn.rx or conn.handing or self.conns.get(conn.fd) is not conn:
+        if conn.rx or conn.handing or conn.parked or self.conns.get(conn.fd) is not conn:
             return
         ring = self.ring
         if conn.phase != PHASE_PAYLOAD:
@@ -385,6 +392,8 @@ class UringLoop(ReceiveLoop):
                         if uc.handing and uc.rx and conns.get(uc.fd) is uc:
                             self._hand_over(uc)
                 timeout = max(0.0, next_stats - time.monotonic())
+                if self.parked:
+                    timeout = min(timeout, BLOCK_RECHECK_S)
                 if min_wait and conns:
                     # completions to expect soon: a payload chain reports twice (its last
                     # payload RECV, then the next header), a header RECV once
@@ -426,6 +435,8 @@ class UringLoop(ReceiveLoop):
                             if self.listener is not None:
                                 self._accept()
                 now = time.monotonic()
+                if self.parked:
+                    self.retry_parked(now)
                 # (progress inside one RECV shows when it completes: a header trickled in
                 # byte by byte counts as idle for the timeouts until all 128 bytes are there)
                 next_stats = self._periodic(now, next_stats)

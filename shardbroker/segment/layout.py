@@ -18,6 +18,19 @@ Segment header (page 0, 4096 bytes)::
      64     8  created_ns       CLOCK_REALTIME ns
      72     8  supervisor_pid
      80     8  generation       bumped each time a supervisor (re)attaches
+     88     4  retention        0 overwrite (rings keep the newest data), 1 block
+     92     4  consumer_timeout_ms  a consumer whose heartbeat is older no longer holds data
+     96     4  consumers_epoch  bumped by every change to the consumer table (writers re-read)
+    100     4  commit_wake      futex word: writers bump it after a commit while ``sleepers``
+    104     4  sleepers         1 = a follower sleeps on commit_wake (writers clear it and wake)
+   1024  64*32  consumer table  CONSUMER_SLOTS entries of 64 bytes:
+
+        0    32  name           NUL-padded ASCII
+       32     4  state          0 free, 1 active, 2 expired, 3 detached (closed, keeps positions)
+       36     4  pid            the consumer process holding the slot
+       40     8  heartbeat_ns   CLOCK_MONOTONIC ns of its last heartbeat
+       48     8  registered_ns  CLOCK_REALTIME ns of its (re)registration
+       56     8  joins          how many times the slot was (re)claimed
 
 Shard s starts at ``shards_offset + s * shard_stride``:
 
@@ -40,6 +53,8 @@ Shard header (4096 bytes, offsets from the shard start)::
      92     4  (pad)
     128   8*N  statistics       u64 counters, names in STAT_FIELDS, written by the receiver
     256  2048  topic table      64 entries of 32 bytes, NUL-padded topic names
+   2304   8*C  consumer positions  u64 per consumer slot: the next pbr index it will read
+                                (every batch below it is consumed)
 
 PBR ring: ``pbr_slots`` slots of 128 bytes at ``pbr_offset`` (page aligned). A slot is the
 BatchHeader of wire/protocol.py completed by the broker; its 16 pad bytes carry::
@@ -57,6 +72,12 @@ payload complete -> slot written with publish_commit = UINT64_MAX -> batch_compl
 publish_commit = pbr_absolute_index -> shard header pbr_committed/messages/bytes.
 A reader re-checks ``publish_commit`` and ``blog_reclaim <= blog_abs`` *after* using a batch;
 a batch that fails either check was lapped and is never reported as valid.
+
+Retention (segment header ``retention``): under ``block`` a writer reserves space only when no
+live consumer (state active, heartbeat younger than ``consumer_timeout_ms``) still needs it:
+index ``i`` may be committed only while ``i < min_position + pbr_slots``, and BLog bytes below
+the ``blog_abs`` of the batch at ``min_position`` are never reclaimed. All zeros (a fresh or an
+older segment) means ``overwrite`` and no consumers.
 """
 
 from __future__ import annotations
@@ -113,7 +134,31 @@ STAT_FIELDS: tuple[str, ...] = (
 )
 STATS = struct.Struct("<" + "Q" * len(STAT_FIELDS))
 assert SH_STATS + STATS.size <= SH_TOPICS
-assert SH_TOPICS + TOPIC_SLOTS * TOPIC_ENTRY <= SHARD_HEADER_SIZE
+
+# consumers (segment header page and shard headers)
+SEG_RETENTION = 88
+SEG_CONSUMER_TIMEOUT_MS = 92
+SEG_CONSUMERS_EPOCH = 96
+SEG_COMMIT_WAKE = 100
+SEG_SLEEPERS = 104
+SEG_CONSUMERS = 1024
+CONSUMER_SLOTS = 32
+CONSUMER_ENTRY = struct.Struct("<32sIIQQQ")  # name, state, pid, heartbeat_ns, registered, joins
+CONSUMER_NAME_MAX = 31
+CONSUMER_STATE_OFF = 32
+CONSUMER_HEARTBEAT_OFF = 40
+SH_CONSUMER_POS = SH_TOPICS + TOPIC_SLOTS * TOPIC_ENTRY  # 2304
+RETENTION_OVERWRITE = 0
+RETENTION_BLOCK = 1
+RETENTION_NAMES = ("overwrite", "block")
+CONSUMER_FREE = 0
+CONSUMER_ACTIVE = 1
+CONSUMER_EXPIRED = 2
+CONSUMER_DETACHED = 3
+CONSUMER_STATE_NAMES = ("free", "active", "expired", "detached")
+assert CONSUMER_ENTRY.size == 64
+assert SEG_CONSUMERS + CONSUMER_SLOTS * CONSUMER_ENTRY.size <= SEGMENT_HEADER_SIZE
+assert SH_CONSUMER_POS + CONSUMER_SLOTS * 8 <= SHARD_HEADER_SIZE
 
 # PBR slot extension in the header's pad bytes
 SLOT_BLOG_ABS = 112
@@ -341,3 +386,122 @@ def last_committed_batch_seq(buf: memoryview | bytes, g: Geometry, client_id: in
             top = int(u64[committed, 0].max())
             best = top if best is None else max(best, top)
     return best
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerEntry:
+    slot: int
+    name: str
+    state: int
+    pid: int
+    heartbeat_ns: int
+    registered_ns: int
+    joins: int
+
+    @property
+    def state_name(self) -> str:
+        return CONSUMER_STATE_NAMES[self.state] if self.state < 4 else f"#{self.state}"
+
+    def holds_data(self, now_ns: int, timeout_ns: int) -> bool:
+        """Live: active and heard from within the timeout (only these hold data back)."""
+        return self.state == CONSUMER_ACTIVE and now_ns - self.heartbeat_ns <= timeout_ns
+
+
+def consumer_offset(slot: int) -> int:
+    if not 0 <= slot < CONSUMER_SLOTS:
+        raise IndexError(f"consumer slot {slot} out of range 0..{CONSUMER_SLOTS - 1}")
+    return SEG_CONSUMERS + slot * CONSUMER_ENTRY.size
+
+
+def read_consumer(buf: memoryview | bytes, slot: int) -> ConsumerEntry:
+    raw, state, pid, hb, reg, joins = CONSUMER_ENTRY.unpack_from(buf, consumer_offset(slot))
+    name = raw.split(b"\0", 1)[0].decode("ascii", "replace")
+    return ConsumerEntry(slot, name, state, pid, hb, reg, joins)
+
+
+def write_consumer(buf: memoryview, e: ConsumerEntry) -> None:
+    CONSUMER_ENTRY.pack_into(buf, consumer_offset(e.slot), encode_consumer_name(e.name),
+                             e.state, e.pid, e.heartbeat_ns, e.registered_ns, e.joins)
+
+
+def encode_consumer_name(name: str) -> bytes:
+    raw = name.encode("ascii", "strict") if name.isascii() else b""
+    if not raw or len(raw) > CONSUMER_NAME_MAX or not all(0x21 <= c < 0x7F for c in raw):
+        raise ValueError(f"consumer name {name!r}: 1..{CONSUMER_NAME_MAX} printable ASCII "
+                         "characters without spaces")
+    return raw.ljust(32, b"\0")
+
+
+def consumer_position_offset(g: Geometry, shard: int, slot: int) -> int:
+    consumer_offset(slot)  # range check
+    return g.shard_base(shard) + SH_CONSUMER_POS + slot * 8
+
+
+def read_consumer_position(buf: memoryview | bytes, g: Geometry, shard: int, slot: int) -> int:
+    return int(U64.unpack_from(buf, consumer_position_offset(g, shard, slot))[0])
+
+
+def read_retention(buf: memoryview | bytes) -> tuple[int, int]:
+    """(retention, consumer_timeout_ms) from the segment header."""
+    return U32.unpack_from(buf, SEG_RETENTION)[0], U32.unpack_from(buf, SEG_CONSUMER_TIMEOUT_MS)[0]
+
+
+def write_retention(buf: memoryview, retention: int, timeout_ms: int) -> None:
+    if retention not in (RETENTION_OVERWRITE, RETENTION_BLOCK):
+        raise ValueError(f"retention {retention} is not 0 (overwrite) or 1 (block)")
+    U32.pack_into(buf, SEG_RETENTION, retention)
+    U32.pack_into(buf, SEG_CONSUMER_TIMEOUT_MS, max(1, min(timeout_ms, 0xFFFF_FFFF)))
+
+
+def consumers_epoch(buf: memoryview | bytes) -> int:
+    return int(U32.unpack_from(buf, SEG_CONSUMERS_EPOCH)[0])
+
+
+def bump_consumers_epoch(buf: memoryview) -> None:
+    U32.pack_into(buf, SEG_CONSUMERS_EPOCH, (consumers_epoch(buf) + 1) & 0xFFFF_FFFF)
+
+
+def retention_floor(buf: memoryview | bytes, g: Geometry, shard: int, committed: int,
+                    now_ns: int, timeout_ns: int) -> tuple[int, int | None] | None:
+    """What the live consumers of ``shard`` still need, or None when no consumer is live:
+    (lowest position, lowest ``blog_abs`` of the committed batches from there on; None when
+    they have read everything committed). Commits happen in completion order, not reservation
+    order, so the lowest BLog position is a minimum over the unread range, not its first slot.
+
+    A position more than a ring behind (the consumer was lapped before it could hold data)
+    counts as the oldest batch still there, so it holds data from there on.
+    """
+    low: int | None = None
+    for slot in range(CONSUMER_SLOTS):
+        off = SEG_CONSUMERS + slot * CONSUMER_ENTRY.size
+        if U32.unpack_from(buf, off + CONSUMER_STATE_OFF)[0] != CONSUMER_ACTIVE:
+            continue
+        if now_ns - U64.unpack_from(buf, off + CONSUMER_HEARTBEAT_OFF)[0] > timeout_ns:
+            continue
+        pos = min(committed, max(committed - g.pbr_slots,
+                                 read_consumer_position(buf, g, shard, slot)))
+        low = pos if low is None else min(low, pos)
+    if low is None:
+        return None
+    return low, min_blog_abs(buf, g, shard, low, committed)
+
+
+def min_blog_abs(buf: memoryview | bytes, g: Geometry, shard: int, first: int, end: int
+                 ) -> int | None:
+    """Lowest ``blog_abs`` among committed batches ``first .. end-1`` (None: empty range).
+    Vectorised over the PBR ring's slots (a numpy view, no copy)."""
+    import numpy as np
+
+    n = min(end - first, g.pbr_slots)
+    if n <= 0:
+        return None
+    ring = np.frombuffer(buf, dtype="<u8", count=g.pbr_slots * BATCH_HEADER_SIZE // 8,
+                         offset=g.pbr_offset(shard)).reshape(g.pbr_slots, BATCH_HEADER_SIZE // 8)
+    col = ring[:, SLOT_BLOG_ABS // 8]
+    a = (end - n) % g.pbr_slots
+    if a + n <= g.pbr_slots:
+        return int(col[a: a + n].min())
+    return int(min(col[a:].min(), col[: a + n - g.pbr_slots].min()))

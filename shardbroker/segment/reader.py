@@ -4,13 +4,23 @@ A batch is yielded only if its PBR slot says committed *for that index* and its 
 not been reclaimed by a later lap; both are checked again after the payload view is made
 (seqlock style). A caller that holds a payload view while the broker keeps writing can call
 ``Batch.still_valid()`` after using it: the ring may have lapped it since.
+
+``follow()`` keeps reading as batches are committed: per shard in commit order, round-robin
+over shards, optionally one topic; a caught-up reader waits with ``consumer.waiting.Backoff``.
+Every batch index is accounted for exactly once: yielded, filtered out (topic), or counted in
+``lapped`` (overwritten before it was read; any topic, since an overwritten slot no longer
+says) -- so a lapped reader knows exactly what it missed. A batch overwritten *while the caller
+held it* is counted in ``torn``: check ``Batch.still_valid()`` after using a payload under
+retention ``overwrite`` (under ``block`` a live consumer's batches cannot be overwritten).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from shardbroker.segment import shm
 from shardbroker.segment.layout import (
@@ -26,6 +36,10 @@ from shardbroker.segment.layout import (
     slot_publish_commit,
 )
 from shardbroker.wire.protocol import MessageView, iter_messages
+
+FOLLOW_CHUNK = 256  # batches taken from one shard before looking at the next
+
+PositionHook = Callable[[int, int], None]  # (shard, next index): the reader moved on
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,12 @@ class Batch:
     def messages(self) -> Iterator[MessageView]:
         return iter_messages(self.payload, self.slot.num_msg)
 
+    def message_arrays(self) -> tuple[Any, Any]:
+        """(data offsets, data sizes) of every message as numpy int64 arrays."""
+        from shardbroker.wire.message_index import message_arrays
+
+        return message_arrays(self.payload, self.slot.num_msg)
+
     def still_valid(self) -> bool:
         return self._reader._valid(self.shard, self.index, self.slot.blog_abs)
 
@@ -75,6 +95,8 @@ class SegmentReader:
         self._m = shm.attach(name, writable=False)
         self.name = name
         self.lapped = 0  # batches skipped because a later lap overwrote them
+        self.torn = 0  # followed batches overwritten while the caller still held them
+        self.positions: list[int] = []  # follow(): per shard, the next index to read
 
     def __enter__(self) -> SegmentReader:
         return self
@@ -142,3 +164,116 @@ class SegmentReader:
             topic = (topics[slot.topic_index] if slot.topic_index < len(topics)
                      else f"#{slot.topic_index}")
             yield Batch(shard, i, slot, topic, payload, self)
+
+    # ------------------------------------------------------------------ follow mode
+
+    def start_positions(self, start: str | Sequence[int]) -> list[int]:
+        """``"end"`` (only new batches), ``"oldest"`` (everything still in the rings), or
+        explicit per-shard indexes."""
+        n = self.shard_count
+        if isinstance(start, str):
+            ends = [self.shard_state(s).pbr_committed for s in range(n)]
+            if start == "end":
+                return ends
+            if start == "oldest":
+                return [max(0, e - self.geometry.pbr_slots) for e in ends]
+            raise ValueError(f"start {start!r}: use 'end', 'oldest' or a list of indexes")
+        pos = [int(x) for x in start]
+        if len(pos) != n:
+            raise ValueError(f"{len(pos)} start positions for {n} shards")
+        return pos
+
+    def follow(self, shard: int | None = None, topic: str | None = None,
+               start: str | Sequence[int] = "end", wait: Any = None,
+               idle_timeout_s: float | None = None, stop: Callable[[], bool] | None = None,
+               on_idle: Callable[[], None] | None = None,
+               on_position: PositionHook | None = None) -> Iterator[Batch]:
+        """Yield committed batches as they are committed, until ``stop()`` is true or nothing
+        arrives for ``idle_timeout_s`` (None: forever). ``self.positions[s]`` moves past a
+        batch when the caller asks for the next one (so a position means "consumed");
+        ``on_position(shard, index)`` hears every move. ``on_idle`` runs on every empty poll
+        (heartbeats). ``wait`` is a Backoff-like object (``wait(limit)``, ``reset()``).
+        The start positions are taken now, not at the first ``next()``."""
+        from shardbroker.consumer.waiting import Backoff
+
+        self.positions = self.start_positions(start)
+        return self._follow(shard, topic, wait if wait is not None else Backoff(),
+                            idle_timeout_s, stop, on_idle, on_position)
+
+    def _follow(self, shard: int | None, topic: str | None, waiter: Any,
+                idle_timeout_s: float | None, stop: Callable[[], bool] | None,
+                on_idle: Callable[[], None] | None, on_position: PositionHook | None
+                ) -> Iterator[Batch]:
+        shards = range(self.shard_count) if shard is None else [shard]
+        g, buf = self.geometry, self._m.buf
+        topics: list[list[str]] = [read_topics(buf, g, s) for s in range(self.shard_count)]
+        idle_since = time.monotonic()
+        arm = getattr(waiter, "arm", None)  # a wake-up channel is armed before the last poll
+        armed = False
+        while True:
+            got = 0
+            for s in shards:
+                end = read_shard_state(buf, g, s).pbr_committed
+                pos = self.positions[s]
+                if pos >= end:
+                    continue
+                oldest = end - g.pbr_slots
+                if pos < oldest:  # lapped while we were away
+                    self.lapped += oldest - pos
+                    pos = oldest
+                    self._moved(s, pos, on_position)
+                for i in range(pos, min(end, pos + FOLLOW_CHUNK)):
+                    batch = self._batch_at(s, i, topics)
+                    if batch is not None and (topic is None or batch.topic == topic):
+                        got += 1
+                        yield batch
+                        if not batch.still_valid():
+                            self.torn += 1
+                    self._moved(s, i + 1, on_position)
+                    if stop is not None and stop():
+                        return
+            if got:
+                waiter.reset()
+                armed = False
+                idle_since = time.monotonic()
+                continue
+            if stop is not None and stop():
+                return
+            if arm is not None and not armed:
+                arm()
+                armed = True
+                continue  # poll once more: a commit before arm() would not wake us
+            armed = False
+            if on_idle is not None:
+                on_idle()
+            left = None
+            if idle_timeout_s is not None:
+                left = idle_timeout_s - (time.monotonic() - idle_since)
+                if left <= 0:
+                    return
+            waiter.wait(left)
+
+    def _moved(self, shard: int, index: int, hook: PositionHook | None) -> None:
+        self.positions[shard] = index
+        if hook is not None:
+            hook(shard, index)
+
+    def _batch_at(self, shard: int, i: int, topics: list[list[str]]) -> Batch | None:
+        """Committed batch ``i`` of ``shard``, or None (counted in ``lapped``) when a later lap
+        overwrote it before we got there."""
+        g, buf = self.geometry, self._m.buf
+        slot = read_slot(buf, g, shard, i)
+        if not slot.committed_as(i) or blog_reclaim(buf, g, shard) > slot.blog_abs:
+            self.lapped += 1
+            return None
+        payload = buf[slot.log_idx: slot.log_idx + slot.total_size]
+        if not self._valid(shard, i, slot.blog_abs):
+            payload.release()
+            self.lapped += 1
+            return None
+        names = topics[shard]
+        if slot.topic_index >= len(names):  # a topic newer than our copy of the table
+            names[:] = read_topics(buf, g, shard)
+        topic = names[slot.topic_index] if slot.topic_index < len(names) \
+            else f"#{slot.topic_index}"
+        return Batch(shard, i, slot, topic, payload, self)

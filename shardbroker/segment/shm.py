@@ -21,6 +21,7 @@ from shardbroker.segment.layout import (
     FLAG_CLOSED_CLEANLY,
     FLAG_SERVING,
     SEGMENT_HEADER,
+    SEGMENT_HEADER_SIZE,
     U32,
     U64,
     Geometry,
@@ -180,6 +181,25 @@ def _attach_file(path: str, writable: bool) -> Mapped:
     return Mapped(path, mm, buf, read_segment_header(buf))
 
 
+def map_header_page(name: str) -> mmap.mmap:
+    """Map only the segment header page, writable (followers set the futex ``sleepers``
+    flag there; their view of the rest of the segment stays read-only)."""
+    try:
+        if is_file_segment(name):
+            fd = os.open(name, os.O_RDWR)
+        else:
+            fd = os.open(segment_path(name), os.O_RDWR)
+    except FileNotFoundError as exc:
+        raise SegmentError(f"segment {name!r} does not exist") from exc
+    except PermissionError as exc:
+        raise SegmentError(f"no write access to segment {name!r}",
+                           hint="run as the broker's user") from exc
+    try:
+        return mmap.mmap(fd, SEGMENT_HEADER_SIZE)
+    finally:
+        os.close(fd)
+
+
 def unlink(name: str) -> bool:
     """Remove the segment's name; mappings stay valid until unmapped. False if already gone."""
     if is_file_segment(name):
@@ -220,22 +240,12 @@ def take_over(m: Mapped) -> int:
     """Re-attach a segment whose supervisor died: refuse one a live process still serves,
     then record this supervisor as its owner and bump the generation. Returns it."""
     h = m.header
-    if h.flags & FLAG_SERVING and h.supervisor_pid and _alive(h.supervisor_pid):
+    if h.flags & FLAG_SERVING and h.supervisor_pid and linux.pid_alive(h.supervisor_pid):
         raise SegmentError(f"segment {m.name!r} is served by a running broker (pid "
                            f"{h.supervisor_pid})", hint="stop that broker first")
     U64.pack_into(m.buf, _PID_OFFSET, os.getpid())
     U64.pack_into(m.buf, _GENERATION_OFFSET, h.generation + 1)
     return h.generation + 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def segment_path(name: str) -> str:

@@ -7,12 +7,17 @@ single stores in the order the layout's commit protocol requires.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 
-from shardbroker.errors import SegmentError
+from shardbroker.errors import PlatformError, SegmentError
+from shardbroker.platform import linux
 from shardbroker.segment.layout import (
+    RETENTION_BLOCK,
+    SEG_COMMIT_WAKE,
+    SEG_SLEEPERS,
     SH_BLOG_HEAD,
     SH_BLOG_RECLAIM,
     SH_BYTES,
@@ -33,9 +38,12 @@ from shardbroker.segment.layout import (
     TOPIC_SLOTS,
     U32,
     U64,
+    consumers_epoch,
     place_in_blog,
+    read_retention,
     read_shard_state,
     read_topics,
+    retention_floor,
 )
 from shardbroker.segment.shm import Mapped
 from shardbroker.wire.protocol import BATCH_HEADER, BATCH_HEADER_SIZE, UINT64_MAX
@@ -74,6 +82,17 @@ class ShardWriter:
         # Space a dead writer reserved but never committed is abandoned, never reused:
         # the head already points past it.
         self.heartbeat()
+        # retention: block (see layout.py). The bounds below are what the live consumers
+        # allowed when last looked at; positions only grow, so they stay safe until the
+        # consumer table changes (consumers_epoch) or the writer reaches them.
+        retention, timeout_ms = read_retention(m.buf)
+        self.blocking = retention == RETENTION_BLOCK
+        self.consumer_timeout_ns = timeout_ms * 1_000_000
+        self._room_epoch = -1
+        self._room_index = 0  # commits below this index are allowed
+        self._room_blog = 0  # BLog reservations ending at or below this are allowed
+        self._wake_addr: int | None = None
+        self.room_checks = 0  # slow-path reads of the consumer table (retention `block`)
 
     def topic_index(self, topic: str) -> int:
         idx = self._topics.get(topic)
@@ -105,6 +124,36 @@ class ShardWriter:
         U64.pack_into(self.buf, self.base + SH_BLOG_HEAD, end)
         return Reservation(start, self.blog_off + start % self.blog_bytes, size)
 
+    def has_room(self, size: int, pending_floor: int | None = None) -> bool:
+        """Under ``block``: may a ``size``-byte batch be reserved and committed now without
+        overwriting what a live consumer has not read yet? ``pending_floor``: the lowest
+        ``blog_abs`` of reservations in flight (they will be committed, so they are needed
+        too). Always True under ``overwrite``."""
+        if not self.blocking:
+            return True
+        end = place_in_blog(self.head, size, self.blog_bytes) + size
+        if (consumers_epoch(self.buf) == self._room_epoch and self.next_index < self._room_index
+                and end <= self._room_blog):
+            return True  # the fast path: within what the consumers allowed last time
+        self._room_epoch = consumers_epoch(self.buf)
+        self.room_checks += 1
+        floor = retention_floor(self.buf, self.geometry, self.shard, self.next_index,
+                                time.monotonic_ns(), self.consumer_timeout_ns)
+        if floor is None:  # no live consumer: overwrite, one ring ahead of now
+            self._room_index = self.next_index + self.slots
+            self._room_blog = self.head + self.blog_bytes
+        else:
+            # Everything reserved after now lies above the current head, so the bound stays
+            # safe until the writer reaches it (positions only grow).
+            low, committed_floor = floor
+            needed = self.head
+            for candidate in (committed_floor, pending_floor):
+                if candidate is not None and candidate < needed:
+                    needed = candidate
+            self._room_index = low + self.slots
+            self._room_blog = needed + self.blog_bytes
+        return self.next_index < self._room_index and end <= self._room_blog
+
     def is_lapped(self, r: Reservation) -> bool:
         return r.blog_abs < self.reclaim
 
@@ -132,7 +181,19 @@ class ShardWriter:
         U64.pack_into(buf, self.base + SH_MESSAGES, self.messages)
         U64.pack_into(buf, self.base + SH_BYTES, self.bytes)
         U64.pack_into(buf, self.base + SH_PBR_COMMITTED, idx + 1)
+        if buf[SEG_SLEEPERS]:  # a follower sleeps on the futex: one load per commit if not
+            self._wake_followers()
         return idx
+
+    def _wake_followers(self) -> None:
+        buf = self.buf
+        buf[SEG_SLEEPERS] = 0
+        U32.pack_into(buf, SEG_COMMIT_WAKE, (U32.unpack_from(buf, SEG_COMMIT_WAKE)[0] + 1)
+                      & 0xFFFF_FFFF)
+        if self._wake_addr is None:
+            self._wake_addr = linux.shared_address(buf, SEG_COMMIT_WAKE)
+        with contextlib.suppress(PlatformError):  # followers time out anyway
+            linux.futex_wake(self._wake_addr)
 
     def heartbeat(self) -> None:
         U64.pack_into(self.buf, self.base + SH_HEARTBEAT, time.monotonic_ns())

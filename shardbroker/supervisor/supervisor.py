@@ -33,6 +33,7 @@ import zmq
 
 from shardbroker import config as config_mod
 from shardbroker.config import Config, parse_hostport
+from shardbroker.consumer.registry import ConsumerTable
 from shardbroker.control import endpoints, envelope
 from shardbroker.control.metrics import MetricsAggregator
 from shardbroker.errors import BrokerStartError, ShardbrokerError
@@ -40,7 +41,7 @@ from shardbroker.platform import linux
 from shardbroker.platform.topology import PlacementPlan, plan_placement, read_topology
 from shardbroker.receiver.spec import ReceiverSpec
 from shardbroker.segment import shm
-from shardbroker.segment.layout import Geometry
+from shardbroker.segment.layout import RETENTION_NAMES, Geometry, write_retention
 from shardbroker.wire.protocol import encode_control_frame
 
 BOOT_TIMEOUT_S = 15.0
@@ -94,6 +95,8 @@ class Supervisor:
         self.segment_name = cfg.segment.name or f"shardbroker-{os.getpid()}"
         self.listener: socket.socket | None = None
         self.mapped: shm.Mapped | None = None
+        self.consumers: ConsumerTable | None = None  # the segment's consumer table
+        self.next_consumer_sweep = 0.0
         self.slots: list[ReceiverSlot] = []
         self.stopping = False
         self.draining = False
@@ -155,6 +158,10 @@ class Supervisor:
             self._place_memory()
         assert self.mapped is not None
         geometry = self.mapped.geometry
+        # before any receiver starts: their writers read the policy once, at attach
+        write_retention(self.mapped.buf, RETENTION_NAMES.index(seg.retention),
+                        int(seg.consumer_timeout_s * 1000))
+        self.consumers = ConsumerTable(self.mapped)
         prefault_s = shm.prefault(self.mapped) if seg.prefault else 0.0
         self.log.info("supervisor.segment.created", segment=self.segment_name,
                       bytes=geometry.total_bytes, shards=geometry.shard_count,
@@ -390,7 +397,19 @@ class Supervisor:
                     if slot is not None:
                         self._on_receiver_message(slot)
             self._reap()
+            self._expire_consumers()
         return self.shutdown()
+
+    def _expire_consumers(self) -> None:
+        """Tell consumers silent for longer than the timeout that they were expired (the
+        receivers already stopped counting them: they check heartbeats themselves)."""
+        now = time.monotonic()
+        if self.consumers is None or now < self.next_consumer_sweep:
+            return
+        self.next_consumer_sweep = now + 0.25
+        for e in self.consumers.expire_stale():
+            self.log.warning("supervisor.consumer.expired", consumer=e.name, pid=e.pid,
+                             timeout_s=self.cfg.segment.consumer_timeout_s)
 
     def _drain_signals(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -618,6 +637,10 @@ class Supervisor:
             "receivers": [self._slot_status(s) for s in self.slots if s.state != INACTIVE],
             "placement": self.placement.to_dict(),
             "segment_placement": self.segment_placement(),
+            "retention": self.cfg.segment.retention,
+            "consumers": [] if self.consumers is None else [
+                {"name": c.entry.name, "state": c.entry.state_name, "pid": c.entry.pid,
+                 "live": c.live, "lag": c.lag} for c in self.consumers.describe()],
         }
 
     def _slot_status(self, s: ReceiverSlot) -> dict[str, Any]:
@@ -727,6 +750,7 @@ class Supervisor:
         shm.mark_closed(self.mapped)
         self.mapped.close()
         self.mapped = None
+        self.consumers = None
         if self.cfg.segment.keep:
             self.log.info("supervisor.segment.kept", segment=self.segment_name)
         else:

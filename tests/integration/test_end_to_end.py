@@ -85,8 +85,11 @@ def test_publisher_killed_mid_stream(broker: BrokerFactory) -> None:
          "--duration", "30", "--batch-size", str(BATCH), "--message-size", str(MSG), "--json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        # the victim alone first, so it is surely mid-stream (not still importing) when killed
+        wait_for(lambda: sum(s["batches"] for s in shard_stats(b.segment)) > 5, 30,
+                 "victim traffic")
         t, out = _in_thread(lambda: _load(b, connections=3, total=48 << 20))
-        wait_for(lambda: sum(s["batches"] for s in shard_stats(b.segment)) > 20, 30,
+        wait_for(lambda: sum(s["batches"] for s in shard_stats(b.segment)) > 30, 30,
                  "traffic")
         _kill_publishers(victim.pid)  # the loader and its publisher process, mid-stream
         t.join(120)
