@@ -171,6 +171,9 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"  shard {r['shard']}: pid {r['pid']} {r['state']} cpu {r['cpu']} "
               f"(allowed {r['allowed_cpus']}), {r['open_connections']} connections, "
               f"{r['restarts']} restarts, backend {r['backend']}")
+    consumers = st.get("consumers", [])
+    print(f"  retention {st.get('retention', 'overwrite')}, {len(consumers)} consumers"
+          + "".join(f"; {c['name']} {c['state']} lag {sum(c['lag'])}" for c in consumers))
     return 0
 
 

@@ -18,7 +18,7 @@ def render(report: dict[str, Any], status: dict[str, Any] | None = None) -> Tabl
     t = Table(title="shardbroker receivers" + (
         f" — {status['listen']} segment {status['segment']}" if status else ""))
     for col in ("shard", "pid", "conns", "GB/s", "batches/s", "recv/batch", "wakeups/batch",
-                "CPU %", "RSS MiB", "p99 commit µs", "rejected"):
+                "CPU %", "RSS MiB", "p99 commit µs", "rejected", "held s"):
         t.add_column(col, justify="right")
     rows = list(report["shards"].items()) + [("total", report["total"])]
     for shard, f in rows:
@@ -30,6 +30,9 @@ def render(report: dict[str, Any], status: dict[str, Any] | None = None) -> Tabl
                   _gb(r["bytes"]), f"{r['batches']:.0f}", str(f["recv_calls_per_batch"]),
                   str(f["wakeups_per_batch"]), f"{cpu:.0f}", f"{f['rss_bytes'] / 2**20:.0f}",
                   f"{p99:.0f}" if isinstance(p99, (int, float)) else "-", str(rej),
+                  f"{f.get('backpressured_s', 0):.1f}"
+                  + (f" ({f['parked_connections']} parked)"
+                     if f.get("parked_connections") else ""),
                   style="bold" if shard == "total" else None)
     return t
 

@@ -165,10 +165,10 @@ class ReceiveLoop:
                         if ev & EPOLLOUT:
                             self._on_writable(conn)
                         if ev & ~EPOLLOUT and fd in conns:
-                            if conn.parked:  # only EPOLLERR/EPOLLHUP reach a parked socket
-                                self._peer_closed(conn)
-                            else:
+                            if not conn.parked:
                                 self._on_readable(conn)
+                            elif ev & (select.EPOLLERR | select.EPOLLHUP):
+                                self._peer_closed(conn)  # reported even with no events asked
                     elif fd == ctrl_fd:
                         if not self._on_control():
                             return
@@ -760,7 +760,8 @@ class ReceiveLoop:
         conn.want_write = on
         ack = conn.ack_sock
         if ack is conn.sock:
-            self.ep.modify(conn.fd, EPOLLIN | (EPOLLOUT if on else 0))
+            reading = 0 if conn.parked else EPOLLIN  # a parked socket stays unread
+            self.ep.modify(conn.fd, reading | (EPOLLOUT if on else 0))
         elif on:
             self.ack_owner[ack.fileno()] = conn
             self.ep.register(ack.fileno(), EPOLLOUT)
