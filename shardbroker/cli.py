@@ -51,7 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="full rings: overwrite the oldest batches (default), or block "
                           "publishers while a live consumer still needs the space")
     run.add_argument("--consumer-timeout", type=float, metavar="SECONDS",
-                     help="a consumer silent this long stops holding data back (default 30)")
+                     help="a consumer silent this long stops holding data back (default 10)")
     run.add_argument("--rcvlowat-cap", type=_size,
                      help="SO_RCVLOWAT cap per connection, 0 = off (default 1MiB)")
     run.add_argument("--rcvbuf", type=_size,

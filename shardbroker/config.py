@@ -67,7 +67,8 @@ class SegmentConfig:
     hugepages: str = "off"  # off | thp | hugetlbfs
     hugetlbfs_mount: str = "/dev/hugepages"
     retention: str = "overwrite"  # overwrite | block (keep what live consumers have not read)
-    consumer_timeout_s: float = 30.0  # a consumer silent this long stops holding data back
+    consumer_timeout_s: float = 10.0  # a consumer silent this long stops holding data back
+    # (below publishers' 30 s ack timeout, so an expired consumer releases them in time)
 
 
 @dataclass

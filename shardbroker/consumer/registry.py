@@ -69,7 +69,7 @@ class ConsumerTable:
     @property
     def timeout_ns(self) -> int:
         _, ms = read_retention(self.buf)
-        return (ms or 30_000) * 1_000_000  # 0: an older segment, the config default
+        return (ms or 10_000) * 1_000_000  # 0: an older segment, the config default
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

@@ -140,7 +140,8 @@ def test_consumer_reads_everything_once_in_order_and_resumes_after_kill(
 def test_block_stalls_publishers_without_loss_until_the_consumer_reads(
         broker: BrokerFactory, backend: str) -> None:
     skip_unless_backend(backend)
-    b = broker("--retention", "block", "--pbr-slots", "4096", blog="32MiB")
+    b = broker("--retention", "block", "--consumer-timeout", "60", "--pbr-slots", "4096",
+               blog="32MiB")  # the consumer stays silent for seconds: it must stay live
     with Consumer(b.segment, "slow", start="end") as c:
         t, out = _in_thread(lambda: _load(b, total=160 << 20))
 
