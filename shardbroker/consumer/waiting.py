@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 from shardbroker.errors import SegmentError
+from shardbroker.platform import linux
 from shardbroker.segment.layout import SEG_COMMIT_WAKE, SEG_SLEEPERS, U32
 
 BACKOFF_MIN_S = 20e-6
@@ -58,7 +58,6 @@ class FutexWait:
     access to the segment (the ``sleepers`` flag); ``arm()`` comes before the last poll."""
 
     def __init__(self, segment: str, max_s: float = FUTEX_MAX_S) -> None:
-        from shardbroker.platform import linux
         from shardbroker.segment import shm
 
         if not linux.futex_supported():
@@ -67,7 +66,6 @@ class FutexWait:
         self.buf = memoryview(self._page)
         self.max_s = max_s
         self.addr = linux.shared_address(self.buf, SEG_COMMIT_WAKE)
-        self._wait: Callable[[int, int, float], bool] = linux.futex_wait
         self.word = 0
         self.sleeps = 0
 
@@ -82,7 +80,7 @@ class FutexWait:
 
     def wait(self, limit_s: float | None = None) -> None:
         d = self.max_s if limit_s is None else max(0.0, min(self.max_s, limit_s))
-        self._wait(self.addr, self.word, d)
+        linux.futex_wait(self.addr, self.word, d)
         self.sleeps += 1
 
     def close(self) -> None:

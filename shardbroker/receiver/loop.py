@@ -150,11 +150,8 @@ class ReceiveLoop:
         conns = self.conns
         try:
             while True:
-                timeout = max(0.0, next_stats - time.monotonic())
-                if self.parked:
-                    timeout = min(timeout, BLOCK_RECHECK_S)
                 try:
-                    events = self.ep.poll(timeout)
+                    events = self.ep.poll(self._wait_s(next_stats))
                 except InterruptedError:
                     continue
                 if events:
@@ -179,8 +176,6 @@ class ReceiveLoop:
                         if owner is not None:
                             self._on_writable(owner)
                 now = time.monotonic()
-                if self.parked:
-                    self.retry_parked(now)
                 next_stats = self._periodic(now, next_stats)
                 if self._stop_due(now):
                     return
@@ -190,8 +185,17 @@ class ReceiveLoop:
                 self._close(c, "")
             self.ep.close()
 
+    def _wait_s(self, next_stats: float) -> float:
+        """How long the loop may sleep (both backends): until the next stats tick, or the next
+        look for room while connections are parked."""
+        timeout = max(0.0, next_stats - time.monotonic())
+        return min(timeout, BLOCK_RECHECK_S) if self.parked else timeout
+
     def _periodic(self, now: float, next_stats: float) -> float:
-        """Timeouts, shard-header counters and metrics, every STATS_INTERVAL_S (both backends)."""
+        """After every loop iteration (both backends): parked connections look for room; every
+        STATS_INTERVAL_S, timeouts, shard-header counters and metrics."""
+        if self.parked:
+            self.retry_parked(now)
         if now < next_stats:
             return next_stats
         self.sweep_timeouts(now)

@@ -84,7 +84,7 @@ from shardbroker.platform.uring import (
     flag_names,
 )
 from shardbroker.receiver.connection import PHASE_HANDSHAKE, PHASE_PAYLOAD, Connection
-from shardbroker.receiver.loop import BLOCK_RECHECK_S, STATS_INTERVAL_S, ReceiveLoop
+from shardbroker.receiver.loop import STATS_INTERVAL_S, ReceiveLoop
 from shardbroker.segment.writer import ShardWriter
 from shardbroker.wire.protocol import BATCH_HEADER_SIZE, HANDSHAKE_SIZE, ProtocolError
 
@@ -391,9 +391,7 @@ class UringLoop(ReceiveLoop):
                     for uc in todo:
                         if uc.handing and uc.rx and conns.get(uc.fd) is uc:
                             self._hand_over(uc)
-                timeout = max(0.0, next_stats - time.monotonic())
-                if self.parked:
-                    timeout = min(timeout, BLOCK_RECHECK_S)
+                timeout = self._wait_s(next_stats)
                 if min_wait and conns:
                     # completions to expect soon: a payload chain reports twice (its last
                     # payload RECV, then the next header), a header RECV once
@@ -435,8 +433,6 @@ class UringLoop(ReceiveLoop):
                             if self.listener is not None:
                                 self._accept()
                 now = time.monotonic()
-                if self.parked:
-                    self.retry_parked(now)
                 # (progress inside one RECV shows when it completes: a header trickled in
                 # byte by byte counts as idle for the timeouts until all 128 bytes are there)
                 next_stats = self._periodic(now, next_stats)

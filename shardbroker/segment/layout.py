@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from shardbroker.wire.protocol import BATCH_HEADER, BATCH_HEADER_SIZE, UINT64_MAX
 
@@ -364,6 +365,14 @@ def place_in_blog(head: int, size: int, blog_bytes: int) -> int:
     return head
 
 
+def pbr_ring_view(buf: memoryview | bytes, g: Geometry, shard: int) -> Any:
+    """The shard's PBR ring as a (slots, 128) uint8 numpy array: a view, no copy."""
+    import numpy as np
+
+    return np.frombuffer(buf, dtype=np.uint8, count=g.pbr_slots * BATCH_HEADER_SIZE,
+                         offset=g.pbr_offset(shard)).reshape(g.pbr_slots, BATCH_HEADER_SIZE)
+
+
 def last_committed_batch_seq(buf: memoryview | bytes, g: Geometry, client_id: int
                              ) -> int | None:
     """Highest batch_seq committed for ``client_id`` in any shard's PBR ring (None: none).
@@ -371,13 +380,9 @@ def last_committed_batch_seq(buf: memoryview | bytes, g: Geometry, client_id: in
     Vectorised over the rings (numpy views, no copy of the segment): a reconnecting publisher
     resends its unacked batches, and this tells the receiver which of them are already in.
     """
-    import numpy as np
-
     best: int | None = None
     for s in range(g.shard_count):
-        off = g.pbr_offset(s)
-        ring = np.frombuffer(buf, dtype=np.uint8, count=g.pbr_slots * BATCH_HEADER_SIZE,
-                             offset=off).reshape(g.pbr_slots, BATCH_HEADER_SIZE)
+        ring = pbr_ring_view(buf, g, s)
         u64 = ring.view("<u8")  # 16 words per slot
         u32 = ring.view("<u4")  # 32 words per slot
         committed = (u64[:, SLOT_PUBLISH_COMMIT // 8] == u64[:, 56 // 8]) & \
@@ -493,14 +498,10 @@ def min_blog_abs(buf: memoryview | bytes, g: Geometry, shard: int, first: int, e
                  ) -> int | None:
     """Lowest ``blog_abs`` among committed batches ``first .. end-1`` (None: empty range).
     Vectorised over the PBR ring's slots (a numpy view, no copy)."""
-    import numpy as np
-
     n = min(end - first, g.pbr_slots)
     if n <= 0:
         return None
-    ring = np.frombuffer(buf, dtype="<u8", count=g.pbr_slots * BATCH_HEADER_SIZE // 8,
-                         offset=g.pbr_offset(shard)).reshape(g.pbr_slots, BATCH_HEADER_SIZE // 8)
-    col = ring[:, SLOT_BLOG_ABS // 8]
+    col = pbr_ring_view(buf, g, shard).view("<u8")[:, SLOT_BLOG_ABS // 8]
     a = (end - n) % g.pbr_slots
     if a + n <= g.pbr_slots:
         return int(col[a: a + n].min())

@@ -76,17 +76,6 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return recs
 
 
-def _consumer(segment: str, name: str) -> Any:
-    with SegmentReader(segment):
-        pass
-    m = shm.attach(segment, writable=False)
-    try:
-        return ConsumerTable(m).find(name), m
-    except BaseException:
-        m.close()
-        raise
-
-
 def test_consumer_reads_everything_once_in_order_and_resumes_after_kill(
         broker: BrokerFactory, tmp_path: Path) -> None:
     b = broker("--retention", "block", blog="64MiB")
