@@ -12,8 +12,12 @@ TEST_DEBS = ethtool iproute2 numactl procps shellcheck strace
 
 BENCH_DEBS = iperf3 nats-server
 BENCH_OUT ?= out/bench
+# BENCH_BASELINE=DIR_OR_PYTHON: also run the broker of another checkout, side by side (@base).
+BENCH_BASELINE ?=
+BENCH_ARGS ?=
+BENCH_FLAGS = $(BENCH_ARGS) $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
-.PHONY: venv demo test lint typecheck unit integration container clean bench bench-deps bench-quick bench-consumers
+.PHONY: venv demo test lint typecheck unit integration container clean bench bench-deps bench-quick bench-small bench-consumers
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || tools/system_deps.sh $(BASE_DEBS)
@@ -53,19 +57,26 @@ container: venv
 	tools/container/build.sh
 	tools/container/smoke.sh
 
-# Side-by-side benchmark (iperf3, pyzmq, NATS, staging, shardbroker epoll/uring).
+# Side-by-side benchmark (iperf3, pyzmq, NATS, staging, shardbroker epoll/uring, and the
+# senders' own ceiling, sink). BENCH_ARGS: more `shardbroker bench` flags.
 bench-deps: venv
 	@tools/system_deps.sh $(BENCH_DEBS) || echo "bench: $(BENCH_DEBS) missing; limit/nats will be skipped" >&2
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 
 bench: bench-deps
 	@mkdir -p $(BENCH_OUT) docs
-	$(BIN)/shardbroker bench --json $(BENCH_OUT)/bench.json --markdown $(BENCH_OUT)/bench.md \
-	  --plot $(BENCH_OUT)/bench.png > $(BENCH_OUT)/bench.txt; s=$$?; cat $(BENCH_OUT)/bench.txt; \
-	  cp $(BENCH_OUT)/bench.png docs/bench-s1s5.png; exit $$s
+	$(BIN)/shardbroker bench $(BENCH_FLAGS) --json $(BENCH_OUT)/bench.json \
+	  --markdown $(BENCH_OUT)/bench.md --plot $(BENCH_OUT)/bench.png > $(BENCH_OUT)/bench.txt; \
+	  s=$$?; cat $(BENCH_OUT)/bench.txt; cp $(BENCH_OUT)/bench.png docs/bench-s1s5.png; exit $$s
 
 bench-quick: bench-deps
-	$(BIN)/shardbroker bench --quick --json $(BENCH_OUT)/quick.json
+	$(BIN)/shardbroker bench --quick $(BENCH_FLAGS) --json $(BENCH_OUT)/quick.json
+
+# Small batches only (S3 64 KiB, S4 4 KiB), each with the senders' ceiling (sink).
+bench-small: bench-deps
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/shardbroker bench --scenario S3 --scenario S4 $(BENCH_FLAGS) \
+	  --json $(BENCH_OUT)/small.json --markdown $(BENCH_OUT)/small.md
 
 # Consumers (issue #9): read GB/s while publishing, `block` vs `overwrite`, futex vs backoff.
 bench-consumers: venv

@@ -10,7 +10,19 @@ from typing import Any
 from shardbroker import config as config_mod
 from shardbroker.errors import ShardbrokerError
 
-SIZE_HELP = "bytes, or with a binary unit: 4096, 64KiB, 2MiB, 1GiB"
+SIZE_HELP = ("bytes, or with a unit: binary KiB, MiB, GiB, TiB (2^10..2^40) or decimal kB, MB, "
+             "GB, TB (10^3..10^12), e.g. 4096, 64KiB, 2MiB, 1GB")
+
+
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching: ``--thread 2`` must not silently mean ``--threads 2``.
+
+    Passed as ``parser_class`` so every subparser gets it, including the ones that
+    ``bench`` and ``consumer.cli`` add through ``sub.add_parser``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def _size(text: str) -> int:
@@ -21,12 +33,13 @@ def _size(text: str) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="shardbroker",
         description="Publish-receive path of a pub/sub broker node: receiver processes (one "
                     "per CPU) land Embarcadero publish batches in a POSIX shared-memory log.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
 
     run = sub.add_parser(
         "run", help="start a broker node (supervisor + receivers)",
@@ -58,6 +71,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="SO_RCVBUF per connection, 0 = kernel autotuning (default)")
     run.add_argument("--broker-id", type=int, help="broker id (top 16 bits of batch_id)")
     run.add_argument("--no-pin", action="store_true", help="do not pin receivers to CPUs")
+    run.add_argument("--oversubscribe", action="store_true",
+                     help="allow more receivers (--threads) than the CPUs they may run on; "
+                          "they then share CPUs (refused without it)")
     run.add_argument("--backend", choices=["auto", "epoll", "uring"],
                      help="receive backend: auto (io_uring where the kernel allows it, else "
                           "epoll, logging why), epoll, or uring (fail if unavailable)")
@@ -95,15 +111,19 @@ def _build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--verify", action="store_true")
 
     demo = sub.add_parser("demo", help="broker + publishers for ~10 s, then a checked summary",
-                          description="Start a broker on built-in defaults, stream from "
-                                      "publisher processes, verify every acked message through "
-                                      "SegmentReader, print a summary.")
+                          description="Start a broker on built-in defaults (retention "
+                                      "`block`), stream from publisher processes, verify every "
+                                      "acked message as a named consumer (the broker keeps "
+                                      "each batch until it is checked), print a summary that "
+                                      "ends with an OK or FAILED line.")
     demo.add_argument("--duration", type=float, default=10.0)
     demo.add_argument("--connections", type=int, default=4)
     demo.add_argument("--threads", type=int, default=0, help="receivers (0: one per CPU)")
     demo.add_argument("--batch-size", type=_size, default=2 << 20)
     demo.add_argument("--message-size", type=_size, default=1024)
     demo.add_argument("--json", action="store_true")
+    demo.add_argument("--log", metavar="PATH", help="broker log file (default: "
+                      "$TMPDIR/shardbroker-demo-<pid>.log; its path is printed)")
     for name, help_ in (("status", "the broker's receivers, CPUs, connections"),
                         ("stats", "throughput, recv calls per batch, CPU per shard and total"),
                         ("top", "live view of every receiver"),
@@ -113,15 +133,22 @@ def _build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
         c.add_argument("--control", help="control endpoint (default: the local broker's, "
                        "or $SHARDBROKER_CONTROL)")
+        c.add_argument("--segment", metavar="NAME", help="the local broker serving this "
+                       "segment, when several run here (`shardbroker status` lists them)")
         c.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for a reply")
         c.add_argument("--curve-server-key", help="broker's CURVE public key file (tcp:// "
                        "endpoints with CURVE)")
-        if name in ("status", "stats"):
+        if name != "top":
             c.add_argument("--json", action="store_true", help="one JSON object")
         if name == "scale":
             c.add_argument("threads", type=int, help="receivers to run")
+        if name in ("stats", "top"):
+            c.add_argument("--wide", action="store_true",
+                           help="every column (pid, messages, wakeups, SO_RCVBUF range, RSS, "
+                                "rejections, time held back); the default fits 80 columns")
         if name == "top":
-            c.add_argument("--interval", type=float, default=1.0)
+            c.add_argument("--interval", type=float, default=1.0, help="seconds between "
+                           "refreshes")
     topo = sub.add_parser("topology", help="NUMA nodes, the NIC's node and the placement plan",
                           description="Discover NUMA nodes (CPU lists, memory-only nodes such "
                                       "as CXL), the NIC's node, and print where receivers and "
@@ -135,6 +162,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                      "io_uring, busy polling. Uses a running broker, or runs a "
                                      "short loopback self-test. Exit 1 if anything fails.")
     doc.add_argument("--control", help="control endpoint of a running broker")
+    doc.add_argument("--segment", metavar="NAME", help="the local broker serving this "
+                     "segment, when several run here")
     doc.add_argument("--nic", help="interface to check (default: default route)")
     doc.add_argument("--config", help="TOML config the broker runs with")
     doc.add_argument("--no-self-test", action="store_true",
@@ -146,21 +175,42 @@ def _build_parser() -> argparse.ArgumentParser:
     add_consumer_parsers(sub)
 
     add_bench_parser(sub)
-    keys = sub.add_parser("keys", help="write a CURVE key pair for a tcp:// control endpoint")
+    keys = sub.add_parser("keys", help="write a CURVE key pair for a tcp:// control endpoint",
+                          description="Write broker.key (public, for clients) and "
+                                      "broker.key_secret (mode 0600, for the broker) into "
+                                      "DIRECTORY (created 0700 if missing).")
     keys.add_argument("directory")
+    keys.add_argument("--json", action="store_true", help="one JSON object")
     return p
 
 
 def _control(a: argparse.Namespace, cmd: str, **args: Any) -> Any:
     from shardbroker.control import client, endpoints
 
-    endpoint = endpoints.resolve_client_endpoint(a.control)
+    endpoint = endpoints.resolve_client_endpoint(a.control, a.segment)
     return client.request(endpoint, cmd, timeout_s=a.timeout,
                           curve_server_key=a.curve_server_key, **args)
 
 
+def _list_brokers(brokers: list[Any], as_json: bool) -> int:
+    """``status`` with several brokers running and none picked: which ones, and how to pick."""
+    hint = "pick one with --segment NAME or --control ENDPOINT"
+    if as_json:
+        print(json.dumps({"brokers": [b.to_dict() for b in brokers], "hint": hint}))
+        return 0
+    print(f"{len(brokers)} brokers run on this host; {hint}:")
+    for b in brokers:
+        print(f"  segment {b.segment}  pid {b.pid}  listen {b.listen}  control {b.control}")
+    return 0
+
+
 def cmd_status(a: argparse.Namespace) -> int:
-    st = _control(a, "status")
+    from shardbroker.control.endpoints import SeveralBrokers
+
+    try:
+        st = _control(a, "status")
+    except SeveralBrokers as exc:
+        return _list_brokers(exc.brokers, a.json)
     if a.json:
         print(json.dumps(st))
         return 0
@@ -186,33 +236,67 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
     from shardbroker.control.top import render
 
-    Console().print(render(st))
+    Console().print(render(st, wide=a.wide))
     return 0
 
 
 def cmd_top(a: argparse.Namespace) -> int:
     from shardbroker.control.top import run_top
 
-    run_top(lambda: _control(a, "stats"), a.interval)
+    run_top(lambda: _control(a, "stats"), a.interval, wide=a.wide)
     return 0
+
+
+def render_simple(command: str, reply: dict[str, Any]) -> str:
+    """The text form of a scale / drain / stop reply (``--json`` prints the reply itself)."""
+    if command == "drain":
+        return "draining: no new connections are accepted; open ones keep streaming"
+    if command == "stop":
+        return "stopping: receivers finish the batches in flight, then the broker exits"
+    n = reply["threads"]
+    lines = [f"scaled to {n} receiver{'' if n == 1 else 's'}"]
+    lines += [f"  shard {r['shard']}: pid {r['pid']} {r['state']} cpu {r['cpu']}, "
+              f"{r['open_connections']} connections" for r in reply.get("receivers", [])]
+    return "\n".join(lines)
 
 
 def cmd_simple(a: argparse.Namespace) -> int:
     args = {"threads": a.threads} if a.command == "scale" else {}
-    print(json.dumps(_control(a, a.command, **args)))
+    reply = _control(a, a.command, **args)
+    print(json.dumps(reply) if a.json else render_simple(a.command, reply))
     return 0
 
 
-def cmd_keys(a: argparse.Namespace) -> int:
+def write_keys(directory: str) -> tuple[str, str]:
+    """A CURVE key pair in ``directory`` (made 0700 if new): public 0644, secret 0600.
+
+    The umask keeps the secret unreadable to others from its first byte (pyzmq writes it with
+    the process umask); the chmods also fix files that existed before (pyzmq rewrites them in
+    place, keeping their old mode)."""
     import os
 
     from zmq import auth as zmq_auth
 
-    os.makedirs(a.directory, mode=0o700, exist_ok=True)
-    public, secret = zmq_auth.create_certificates(a.directory, "broker")
-    print(json.dumps({"public": public, "secret": secret,
-                      "hint": "set control.curve_secret_key_file to the secret file; give "
-                              "clients the public file (--curve-server-key)"}))
+    old = os.umask(0o077)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        public, secret = zmq_auth.create_certificates(directory, "broker")
+    finally:
+        os.umask(old)
+    os.chmod(secret, 0o600)
+    os.chmod(public, 0o644)
+    return public, secret
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    public, secret = write_keys(a.directory)
+    if a.json:
+        print(json.dumps({"public": public, "secret": secret,
+                          "hint": "set control.curve_secret_key_file to the secret file; give "
+                                  "clients the public file (--curve-server-key)"}))
+        return 0
+    print(f"secret key (mode 0600): {secret}\n  broker: control.curve_secret_key_file = "
+          f"\"{secret}\"\npublic key: {public}\n  clients: --curve-server-key {public}")
     return 0
 
 
@@ -248,9 +332,13 @@ def cmd_topology(a: argparse.Namespace) -> int:
 
 def cmd_doctor(a: argparse.Namespace) -> int:
     from shardbroker import doctor
+    from shardbroker.control import endpoints
 
     cfg = config_mod.load(a.config)
-    rep = doctor.gather(cfg, a.control, a.nic, self_test=not a.no_self_test)
+    endpoint = a.control or (endpoints.endpoint_for_segment(a.segment) if a.segment else None)
+    if endpoint is None and len(running := endpoints.live_brokers()) > 1:
+        raise endpoints.SeveralBrokers(running)  # not a self-test beside brokers left unchecked
+    rep = doctor.gather(cfg, endpoint, a.nic, self_test=not a.no_self_test)
     print(json.dumps(rep) if a.json else f"source: {rep['source']}\n" + doctor.render(rep))
     return 0 if rep["ok"] else 1
 
@@ -265,6 +353,8 @@ def _run_overrides(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
         o["broker"]["broker_id"] = a.broker_id
     if a.no_pin:
         o["broker"]["pin_cpus"] = False
+    if a.oversubscribe:
+        o["broker"]["oversubscribe"] = True
     if a.backend:
         o["broker"]["backend"] = a.backend
     if a.segment:
@@ -293,7 +383,7 @@ def _run_overrides(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from shardbroker import log as logmod
-    from shardbroker.supervisor.supervisor import Supervisor
+    from shardbroker.supervisor.supervisor import StartInterrupted, Supervisor
 
     cfg = config_mod.load(a.config, _run_overrides(a))
     logmod.configure(cfg.log.level, cfg.log.format, role="supervisor", shard=None)
@@ -301,6 +391,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     sup.install_signals()
     try:
         sup.start()
+    except StartInterrupted as exc:
+        sup.abort()
+        return 128 + exc.signum  # the shell's code for "ended by this signal"
     except BaseException:
         sup.abort()
         raise
@@ -343,7 +436,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from shardbroker.demo import run_demo
 
     return run_demo(duration_s=a.duration, connections=a.connections, threads=a.threads,
-                    batch_bytes=a.batch_size, message_size=a.message_size, as_json=a.json)
+                    batch_bytes=a.batch_size, message_size=a.message_size, as_json=a.json,
+                    log_path=a.log)
 
 
 def cmd_tail(a: argparse.Namespace) -> int:

@@ -12,20 +12,31 @@ from typing import Any
 
 from shardbroker.errors import ConfigError
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
+# Decimal units are powers of 10 and binary units powers of 2, as their names say (IEC 80000-13);
+# a bare K/M/G/T is refused rather than guessed. Matched case-insensitively ("mb", "MIB").
+_UNITS = {"": 1, "B": 1,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+SIZE_UNITS_HINT = ("write bytes or a unit: decimal kB, MB, GB, TB (10^3..10^12) or "
+                   "binary KiB, MiB, GiB, TiB (2^10..2^40), e.g. 4096, 64KiB, 2MiB, 1GB")
 
 
 def parse_size(text: str | int, key: str = "size") -> int:
-    """'2MiB', '512M', '4096' -> bytes (binary units: the segment and batches are binary)."""
+    """'2MiB' -> 2097152, '2MB' -> 2000000, '4096' -> 4096 (see ``_UNITS``)."""
     if isinstance(text, int):
         if text < 0:
             raise ConfigError(key, f"{text} is negative")
         return text
     m = _SIZE.match(text)
-    if not m:
-        raise ConfigError(key, f"{text!r} is not a size", hint="write e.g. 4096, 64KiB, 2MiB, 1GiB")
-    unit = (m.group(2) or "").upper()[:1]
+    unit = m.group(2).upper() if m else ""
+    if m and unit in ("K", "M", "G", "T"):
+        n, power = m.group(1), "KMGT".index(unit) + 1
+        decimal = "kB" if unit == "K" else unit + "B"
+        raise ConfigError(key, f"{text!r} is ambiguous", hint=f"write {n}{decimal} ({n} x 10^"
+                          f"{3 * power}) or {n}{unit}iB ({n} x 2^{10 * power})")
+    if not m or unit not in _UNITS:
+        raise ConfigError(key, f"{text!r} is not a size", hint=SIZE_UNITS_HINT)
     return int(m.group(1)) * _UNITS[unit]
 
 
@@ -51,6 +62,9 @@ class BrokerConfig:
     numactl: bool = False  # start receivers under numactl --cpunodebind/--membind
     accept: str = "supervisor"  # supervisor (fd hand-off) | reuseport (per-receiver listeners)
     restart_backoff_s: float = 0.2
+    # More receivers than CPUs only on request: they would share CPUs (busy loops halve each
+    # other), and a typo such as --threads 999 would spawn that many processes.
+    oversubscribe: bool = False
 
 
 @dataclass
@@ -71,11 +85,19 @@ class SegmentConfig:
     # (below publishers' 30 s ack timeout, so an expired consumer releases them in time)
 
 
+BACKENDS = ("auto", "epoll", "uring")  # receiver/backend.py chooses among them
+
+
 @dataclass
 class SocketConfig:
     rcvbuf: int = 0  # 0: leave kernel autotuning on (it grows to tcp_rmem[2])
     rcvbuf_force: bool = False
     rcvlowat_cap: int = 1 << 20  # 0 disables SO_RCVLOWAT
+    # Per-connection read-ahead buffer: one recv takes many small batches at once.
+    readahead: int = 256 << 10
+    # Payloads of this size or more are received straight into the segment; smaller ones
+    # are carved out of the read-ahead buffer and copied (one memmove each).
+    direct_min: int = 128 << 10
     quickack: bool = True
     nodelay: bool = True
     busy_poll_us: int = 0  # SO_BUSY_POLL; 0 = off
@@ -132,7 +154,13 @@ class Config:
             raise ConfigError("broker.threads", "must be >= 0 (0 = one per allowed CPU)")
         if not 0 <= self.broker.broker_id < (1 << 16):
             raise ConfigError("broker.broker_id", "must fit 16 bits (it tops batch_id)")
-        if self.broker.backend not in ("auto", "epoll", "uring"):
+        if self.socket.readahead < 4096:
+            raise ConfigError("socket.readahead", f"{self.socket.readahead} is below 4096",
+                              hint="use at least 4KiB (default 256KiB)")
+        if self.socket.direct_min < 1:
+            raise ConfigError("socket.direct_min", "must be at least 1",
+                              hint="default 128KiB; payloads this large go straight to the log")
+        if self.broker.backend not in BACKENDS:
             raise ConfigError("broker.backend", f"{self.broker.backend!r} is not a backend",
                               hint="use 'auto' (io_uring if this kernel allows it, else epoll), "
                                    "'epoll' or 'uring'")
@@ -195,6 +223,7 @@ class Config:
 
 _SIZE_KEYS = {
     ("segment", "blog_bytes_per_shard"), ("socket", "rcvbuf"), ("socket", "rcvlowat_cap"),
+    ("socket", "readahead"), ("socket", "direct_min"),
     ("limits", "max_batch_bytes"), ("limits", "max_message_bytes"),
 }
 

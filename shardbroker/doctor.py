@@ -42,30 +42,48 @@ def classify_receive(recv_calls_per_batch: float | None, wakeups_per_batch: floa
         else ""
     evidence = f"{recv_calls_per_batch:.2f} recv calls per batch{wake} (backend {backend})"
     if recv_calls_per_batch > MANY_RECV_CALLS or (wakeups_per_batch or 0) > MANY_WAKEUPS:
-        fixes = []
-        if not lowat_cap:
-            fixes.append("set socket.rcvlowat_cap = \"1MiB\" (fewer wakeups per batch)")
-        if backend != "uring":
-            fixes.append("try --backend uring (one io_uring_enter per loop iteration)")
-        fixes.append("check GRO / coalescing: tools/nic_tune.sh IFACE --check")
         return Finding("b.recv_calls_per_batch", WARN,
                        evidence + ": syscall/segment-bound (the kernel hands out small chunks)",
-                       "; ".join(fixes))
+                       "; ".join(_syscall_bound_fixes(lowat_cap, backend)))
     return Finding("b.recv_calls_per_batch", OK,
                    evidence + ": copy/bandwidth-bound, syscalls are not the limit",
                    "next levers: NUMA alignment (shardbroker topology), huge pages "
                    "(segment.hugepages)")
 
 
+def _syscall_bound_fixes(lowat_cap: int, backend: str) -> list[str]:
+    """What lowers recv calls and wakeups per batch, most effective first.
+
+    The io_uring backend is only an experiment: on the project's measurements it moved the
+    same GB/s as epoll with SO_RCVLOWAT and cost more receiver CPU (README, Performance)."""
+    fixes = []
+    if not lowat_cap:
+        fixes.append("set socket.rcvlowat_cap = \"1MiB\" (run --rcvlowat-cap 1MiB): wake "
+                     "once per MiB, not per arriving chunk")
+    fixes += ["larger batches (publishers' batch_bytes, publish --batch-size: 2MiB or more "
+              "means fewer headers and commits per byte)",
+              "more receivers (shardbroker scale N) if a receiver's CPU% is near 100",
+              "check GRO / coalescing: tools/nic_tune.sh IFACE --check"]
+    if backend != "uring":
+        fixes.append("as an experiment only: --backend uring (slower than epoll on the "
+                     "project's test VM, see README Performance)")
+    return fixes
+
+
+# Which socket buffer each limit caps: rmem_max caps SO_RCVBUF, wmem_max caps SO_SNDBUF.
+_BUFFER_OF = {"net.core.rmem_max": "SO_RCVBUF (receive buffer)",
+              "net.core.wmem_max": "SO_SNDBUF (send buffer)"}
+
+
 def check_kernel_buffers(read: Any = linux.read_sysctl) -> list[Finding]:
     out = []
-    for key in ("net.core.rmem_max", "net.core.wmem_max"):
+    for key, buffer in _BUFFER_OF.items():
         v = read(key)
         if v is None:
             out.append(Finding(f"a.{key}", WARN, "not readable"))
         elif int(v) < BUFFER_TARGET:
             out.append(Finding(f"a.{key}", WARN, f"{key} = {v} < {BUFFER_TARGET}: a requested "
-                               "SO_RCVBUF above it is capped",
+                               f"{buffer} above it is capped",
                                "tools/tune_kernel_buffers.sh --apply"))
         else:
             out.append(Finding(f"a.{key}", OK, f"{key} = {v}"))
@@ -190,7 +208,10 @@ def render(rep: dict[str, Any]) -> str:
     for f in rep["findings"]:
         lines.append(f"[{mark[f['status']]}] {f['check']}: {f['evidence']}")
         if f["fix"] and f["status"] != OK:
-            lines.append(f"         fix: {f['fix']}")
+            # one fix per line, in the order to try them
+            first, *rest = f["fix"].split("; ")
+            lines.append(f"         fix: {first}")
+            lines.extend(f"              {more}" for more in rest)
     return "\n".join(lines)
 
 

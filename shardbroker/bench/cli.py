@@ -25,9 +25,13 @@ reason.
 
 scenarios: S1 1 publisher / 1 receiver / 2 MiB batches / 4 GiB; S2 4 publishers /
 2 receivers / 2 MiB; S3 1 publisher / 64 KiB; S4 1 publisher / 4 KiB (batches/s);
-S5 publish-to-ack latency, 64 KiB batches at 50 %% of S1's measured rate.
+S5 publish-to-ack latency, 64 KiB batches at 50 % of S1's measured rate.
 contenders: limit (iperf3 -l 1M, a client/server pair per stream), shardbroker-epoll,
-shardbroker-uring (once `shardbroker run --help` offers it), pyzmq, staging, nats."""
+shardbroker-uring (once `shardbroker run --help` offers it), pyzmq, staging, nats.
+sink (S1, S3, S4) is not a contender: a receiver that only reads and acks, so its figure is
+the ceiling of the bench's own senders; a contender well below it was not sender-limited.
+--baseline DIR_OR_PYTHON adds shardbroker-epoll@base and shardbroker-uring@base: the broker
+of another checkout (or interpreter) with the same arguments, interleaved with this one."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -44,6 +48,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "default: all of the full or --quick set)")
     p.add_argument("--contender", action="append", metavar="NAME",
                    help="run only this contender (repeatable; default: all available)")
+    p.add_argument("--baseline", metavar="DIR_OR_PYTHON",
+                   help="also run the shardbroker contenders with the broker of another "
+                        "checkout directory (its .venv/bin/python if it has one) or Python "
+                        "interpreter, as <name>@base, side by side with this checkout's")
     p.add_argument("--repeat", type=int, metavar="K",
                    help=f"interleaved runs per contender (default {DEFAULT_REPEAT}, "
                         f"{QUICK_REPEAT} with --quick)")
@@ -84,6 +92,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from shardbroker.bench import document, measure
     from shardbroker.bench.contenders import all_contenders
     from shardbroker.bench.contenders.base import probe_environment
+    from shardbroker.bench.contenders.baseline import BaselineError, probe_baseline
     from shardbroker.bench.runner import run_bench
 
     if args.render:
@@ -107,17 +116,26 @@ def run_from_args(args: argparse.Namespace) -> int:
     if repeat < 1:
         print("shardbroker bench: error: --repeat must be >= 1", file=sys.stderr)
         return 2
-    contenders = all_contenders()
+    try:
+        baseline = probe_baseline(args.baseline) if args.baseline else None
+    except BaselineError as exc:
+        print(f"shardbroker bench: error: --baseline {exc}", file=sys.stderr)
+        return 2
+    contenders = all_contenders(baseline)
     if args.contender:
         known = {c.name for c in contenders}
         unknown = set(args.contender) - known
         if unknown:
+            hint = " (the @base contenders need --baseline)" if any(
+                "@" in u for u in unknown) and baseline is None else ""
             print(f"shardbroker bench: error: unknown contender {', '.join(sorted(unknown))}: "
-                  f"pick from {', '.join(sorted(known))}", file=sys.stderr)
+                  f"pick from {', '.join(sorted(known))}{hint}", file=sys.stderr)
             return 2
         contenders = [c for c in contenders if c.name in args.contender]
     env = probe_environment()
     if args.list:
+        if baseline is not None:
+            print(f"baseline: {baseline.label}")
         for s in scenarios:
             print(f"{s.id}: {s.title}")
         for c in contenders:
@@ -129,12 +147,16 @@ def run_from_args(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    if baseline is not None:
+        log(f"baseline: {baseline.label}")
+
     started = _now()
     outcomes = run_bench(scenarios, contenders, env, repeat, log=log, timeout_s=args.timeout)
     doc = document.build_document(
         outcomes,
         options={"repeat": repeat, "quick": args.quick, "scenarios": [s.id for s in scenarios],
-                 "contenders": [c.name for c in contenders], "timeout_s": args.timeout},
+                 "contenders": [c.name for c in contenders], "timeout_s": args.timeout,
+                 "baseline": None if baseline is None else baseline.describe()},
         machine=measure.machine_info(),
         environment={"tools": dict(env.tools), "modules": dict(env.modules)},
         started=started, finished=_now())

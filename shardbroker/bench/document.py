@@ -9,6 +9,7 @@ from typing import Any
 
 from shardbroker.bench.result import METRICS
 from shardbroker.bench.runner import ScenarioOutcome
+from shardbroker.bench.scenarios import BASELINE_SUFFIX, SENDER_CEILING
 from shardbroker.bench.stats import Spread, aggregate, ratio
 
 SCHEMA_ID = "shardbroker-bench/1"
@@ -38,6 +39,19 @@ def _spread(entry: dict[str, Any] | None, metric: str) -> Spread | None:
     return None if s is None else Spread(s["median"], s["min"], s["max"], s["n"])
 
 
+def _ratios(e: dict[str, Any], by_name: dict[str, dict[str, Any]],
+            metric: str) -> dict[str, float | None]:
+    """GB/s against limit and pyzmq; against the sink (the senders' ceiling) where the
+    scenario has one; and, for a contender with an @base twin, new against old."""
+    refs = {f"vs_{b}": b for b in BASELINES}
+    if SENDER_CEILING in by_name:
+        refs["vs_sink"] = SENDER_CEILING
+    if e["name"] + BASELINE_SUFFIX in by_name:
+        refs["vs_base"] = e["name"] + BASELINE_SUFFIX
+    return {k: ratio(_spread(e, metric), _spread(by_name.get(ref), metric))
+            for k, ref in refs.items()}
+
+
 def scenario_entry(out: ScenarioOutcome) -> dict[str, Any]:
     sc = out.scenario
     entries = [contender_entry(c) for c in out.contenders]
@@ -45,8 +59,7 @@ def scenario_entry(out: ScenarioOutcome) -> dict[str, Any]:
     metric = "gbps"  # ratios of throughput; batch sizes are equal within a scenario
     for e in entries:
         if sc.kind == "throughput":
-            e["ratios"] = {f"vs_{b}": ratio(_spread(e, metric), _spread(by_name.get(b), metric))
-                           for b in BASELINES}
+            e["ratios"] = _ratios(e, by_name, metric)
         else:
             e["ratios"] = {f"vs_{b}": None for b in BASELINES}
     return {**sc.describe(), "cpu_plan": out.plan.to_dict(), "notes": list(sc.notes),

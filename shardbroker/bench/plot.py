@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shardbroker.bench.contenders.base import EXTRA_HINT
+from shardbroker.bench.report import display_name
 
 
 def matplotlib_missing() -> str | None:
@@ -16,12 +17,13 @@ def matplotlib_missing() -> str | None:
     return None
 
 
-ORDER = ("limit", "shardbroker-epoll", "shardbroker-uring", "pyzmq", "staging", "nats")
+ORDER = ("limit", "shardbroker-epoll", "shardbroker-uring", "pyzmq", "staging", "nats", "sink",
+         "shardbroker-epoll@base", "shardbroker-uring@base")
 
 
 def colour(name: str) -> str:
     """The same colour for a contender in every panel (tab10, in report order)."""
-    i = ORDER.index(name) if name in ORDER else len(ORDER) + sum(map(ord, name)) % 4
+    i = ORDER.index(name) if name in ORDER else len(ORDER)  # tab10's last for any other
     return f"C{i}"
 
 
@@ -43,7 +45,8 @@ def _bars(ax: Any, groups: list[dict[str, Any]], metric: str, scale: float = 1.0
             ys.append(sp["median"] * scale)
             lo.append((sp["median"] - sp["min"]) * scale)
             hi.append((sp["max"] - sp["median"]) * scale)
-        ax.bar(xs, ys, width, label=name, yerr=[lo, hi], capsize=3, color=colour(name))
+        ax.bar(xs, ys, width, label=display_name(name), yerr=[lo, hi], capsize=3,
+               color=colour(name))
     ax.set_xticks(range(len(groups)), [s["id"] for s in groups])
     ax.legend(fontsize=7)
 

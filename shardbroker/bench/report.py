@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from shardbroker.bench.scenarios import SENDER_CEILING
+
 Row = list[str]
+Column = tuple[str, Callable[[dict[str, Any]], str]]
+
+# A contender at this fraction of the sink's GB/s or more may have been held back by the
+# bench's senders rather than by its own receive path.
+SENDER_BOUND_AT = 0.8
 
 
 def _small(v: float) -> str:
@@ -32,7 +39,7 @@ def _cell(e: dict[str, Any], metric: str, fmt: str, spread: bool = False) -> str
     return text
 
 
-THROUGHPUT_COLS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+THROUGHPUT_COLS: tuple[Column, ...] = (
     ("GB/s median (min–max)", lambda e: _cell(e, "gbps", ".2f", True)),
     ("batches/s", lambda e: _cell(e, "batches_per_s", ",.0f")),
     ("rx CPU s/GB", lambda e: _cell(e, "receiver_cpu_s_per_gb", ".3f")),
@@ -44,7 +51,7 @@ THROUGHPUT_COLS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("x pyzmq", lambda e: _num(e["ratios"].get("vs_pyzmq"), ".2f")),
 )
 
-LATENCY_COLS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+LATENCY_COLS: tuple[Column, ...] = (
     ("offered GB/s", lambda e: _cell(e, "offered_gbps", ".2f")),
     ("achieved GB/s", lambda e: _cell(e, "gbps", ".2f")),
     ("p50 us", lambda e: _cell(e, "latency_p50_us", ".0f", True)),
@@ -53,6 +60,45 @@ LATENCY_COLS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("rx CPU s/GB", lambda e: _cell(e, "receiver_cpu_s_per_gb", ".3f")),
     ("wakeups/batch", lambda e: _cell(e, "wakeups_per_batch", "small")),
 )
+
+
+# Ratio columns shown only in scenarios that have them: against the senders' ceiling (the
+# sink) and, with --baseline, this checkout against the baseline's broker.
+OPTIONAL_RATIOS = (("x sink", "vs_sink"), ("x base", "vs_base"))
+
+
+def _ratio_col(title: str, key: str) -> Column:
+    return title, lambda e: _num(e["ratios"].get(key), ".2f")
+
+
+def _columns(s: dict[str, Any]) -> list[Column]:
+    cols = list(LATENCY_COLS if s["kind"] == "latency" else THROUGHPUT_COLS)
+    cols += [_ratio_col(title, key) for title, key in OPTIONAL_RATIOS
+             if any(key in e["ratios"] for e in s["contenders"])]
+    return cols
+
+
+def display_name(name: str) -> str:
+    """The sink's row says what it is: the load generator's ceiling, not a result to beat."""
+    return f"{name} (sender ceiling)" if name == SENDER_CEILING else name
+
+
+def ceiling_notes(s: dict[str, Any]) -> list[str]:
+    """What the sink's figure says about the other rows of a throughput scenario."""
+    sink = next((e for e in s["contenders"] if e["name"] == SENDER_CEILING), None)
+    if sink is None or "gbps" not in sink["summary"]:
+        return []
+    near = [(e["name"], e["ratios"]["vs_sink"]) for e in s["contenders"]
+            if e["name"] != SENDER_CEILING and (e["ratios"].get("vs_sink") or 0)
+            >= SENDER_BOUND_AT]
+    head = (f"{SENDER_CEILING} is not a contender: it reads, discards and acks, so its "
+            f"{sink['summary']['gbps']['median']:.2f} GB/s is what the bench's senders can push "
+            "here")
+    if not near:
+        return [f"{head}; every contender measured is below {SENDER_BOUND_AT:.0%} of it: "
+                "none was limited by the load generator"]
+    return [f"{head}; at {SENDER_BOUND_AT:.0%} of it or more, these may be limited by the "
+            "load generator: " + ", ".join(f"{n} ({r:.2f})" for n, r in near)]
 
 
 def _status(e: dict[str, Any]) -> str | None:
@@ -66,7 +112,7 @@ def _status(e: dict[str, Any]) -> str | None:
 
 def scenario_rows(s: dict[str, Any]) -> tuple[Row, list[Row], list[str]]:
     """Header, rows, and footnotes (skips, partial failures) for one scenario."""
-    cols = LATENCY_COLS if s["kind"] == "latency" else THROUGHPUT_COLS
+    cols = _columns(s)
     header = ["contender", *[c[0] for c in cols]]
     rows, notes = [], []
     for e in s["contenders"]:
@@ -74,12 +120,12 @@ def scenario_rows(s: dict[str, Any]) -> tuple[Row, list[Row], list[str]]:
         if status is not None:
             notes.append(f"{e['name']}: {status}")
             continue
-        rows.append([e["name"], *[f(e) for _, f in cols]])
+        rows.append([display_name(e["name"]), *[f(e) for _, f in cols]])
         if e["runs_failed"]:
             errors = [r["error"] for r in e["runs"] if r["error"]]
             notes.append(f"{e['name']}: {e['runs_failed']} of {len(e['runs'])} runs failed "
                          f"and are left out ({errors[0]})")
-    return header, rows, notes
+    return header, rows, notes + ceiling_notes(s)
 
 
 def _title(s: dict[str, Any]) -> str:
@@ -100,8 +146,20 @@ def render_text(doc: dict[str, Any]) -> str:
         out.append(f"  CPUs: {s['cpu_plan']['note']}")
         out += [f"  {n}" for n in [*notes, *_info(s)]]
         out.append("")
+    out += _baseline_lines(doc)
     out += _target_lines(doc)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _baseline_lines(doc: dict[str, Any]) -> list[str]:
+    b = doc["options"].get("baseline")
+    if not b:
+        return []
+    rev = f" @ {b['revision']}" if b.get("revision") else ""
+    aa = " (this checkout: an A/A run, a noise check)" if b.get("same_code") else ""
+    return [f"@base = the broker of {b['root']}{rev}{aa}, run by {b['python']} "
+            f"(Python {b['python_version']}) with the same arguments; x base = this checkout's "
+            "GB/s over it"]
 
 
 def _info(s: dict[str, Any]) -> list[str]:
@@ -140,6 +198,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "threads.",
         "",
     ]
+    base = _baseline_lines(doc)
+    if base:
+        lines += [*base, ""]
     for s in doc["scenarios"]:
         header, rows, notes = scenario_rows(s)
         lines.append(f"**{_title(s)}** — {s['cpu_plan']['note']}")

@@ -62,7 +62,7 @@ def run_bench(scenarios: Sequence[Scenario], contenders: Sequence[Contender], en
         active: list[tuple[Contender, ContenderOutcome]] = []
         for c in contenders:
             reason = available[c.name] or c.supports(sc)
-            if reason is None and c.name not in sc.contenders:
+            if reason is None and c.scenario_name not in sc.contenders:
                 reason = f"not part of {sc.id}"
             co = ContenderOutcome(c.name, c.description, reason)
             out.contenders.append(co)

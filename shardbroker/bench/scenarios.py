@@ -18,6 +18,11 @@ GiB = 1 << 30
 MESSAGE_SIZE = 960
 
 ALL_CONTENDERS = ("limit", "shardbroker-epoll", "shardbroker-uring", "pyzmq", "staging", "nats")
+# Not a contender: a receiver that only reads and acks, so its figure is the ceiling of the
+# bench's own senders. Where a contender is well below it, the load generator was not the limit.
+SENDER_CEILING = "sink"
+# `--baseline`: "<contender>@base" runs the broker of another checkout, wherever <contender> runs.
+BASELINE_SUFFIX = "@base"
 # Contenders with a per-batch acknowledgement path (the only ones S5 can time); limit's S5
 # form is a minimal recv_into + ack server (the machine's floor).
 ACKING_CONTENDERS = ("limit", "shardbroker-epoll", "shardbroker-uring", "staging")
@@ -70,15 +75,16 @@ class Scenario:
 
 FULL: tuple[Scenario, ...] = (
     Scenario("S1", "1 publisher, 1 receiver, 2 MiB batches", 1, 1, 2 * MiB,
-             total_bytes=4 * GiB),
+             total_bytes=4 * GiB, contenders=(*ALL_CONTENDERS, SENDER_CEILING)),
     Scenario("S2", "4 publishers, 2 receivers, 2 MiB batches", 4, 2, 2 * MiB,
              total_bytes=4 * GiB),
     Scenario("S3", "1 publisher, 64 KiB batches", 1, 1, 64 * KiB, total_bytes=2 * GiB,
              contenders=("limit", "shardbroker-epoll", "shardbroker-uring", "pyzmq",
-                         "staging")),
+                         "staging", SENDER_CEILING)),
     Scenario("S4", "1 publisher, 4 KiB batches", 1, 1, 4 * KiB, total_bytes=400_000 * 4 * KiB,
              primary="batches_per_s",
-             contenders=("shardbroker-epoll", "shardbroker-uring", "pyzmq", "staging")),
+             contenders=("shardbroker-epoll", "shardbroker-uring", "pyzmq", "staging",
+                         SENDER_CEILING)),
     Scenario("S5", "ack latency, 64 KiB batches at 50 % of S1's rate", 1, 1, 64 * KiB,
              kind="latency", duration_s=5.0, primary="latency_p99_us",
              contenders=ACKING_CONTENDERS,

@@ -8,6 +8,9 @@ Units: GB/s are 10^9 payload bytes per second; CPU figures are CPU-seconds per G
 count them, else null; ``wakeups_per_batch`` is the receiving threads' voluntary context
 switches per batch; latencies are microseconds from the publish call to its ack.
 A figure that a contender cannot measure is null; a summary holds only the clean runs.
+The ``sink`` entry is the bench senders' own ceiling, not a contender (``ratios.vs_sink``);
+``<name>@base`` entries ran the ``--baseline`` broker (``options.baseline``; ``ratios.vs_base``
+is this checkout's GB/s over its @base twin's).
 """
 
 from __future__ import annotations
@@ -70,8 +73,12 @@ CONTENDER = {
         "runs_failed": {"type": "integer"},
         "summary": {"type": "object", "properties": {m: SPREAD for m in METRICS},
                     "additionalProperties": False},
+        # vs_sink: where the scenario ran the sink (the senders' ceiling); vs_base: a
+        # contender with an @base twin (--baseline), this checkout's GB/s over the baseline's
         "ratios": {"type": "object", "properties": {"vs_limit": NUM_OR_NULL,
-                                                    "vs_pyzmq": NUM_OR_NULL},
+                                                    "vs_pyzmq": NUM_OR_NULL,
+                                                    "vs_sink": NUM_OR_NULL,
+                                                    "vs_base": NUM_OR_NULL},
                    "additionalProperties": False},
         "runs": {"type": "array", "items": RUN},
     },

@@ -1,9 +1,10 @@
-"""Publisher processes for the protocol contenders (shardbroker, staging).
+"""Publisher processes for the protocol contenders (shardbroker, staging, sink).
 
-``stream`` sends a fixed number of pre-built batches as fast as acks allow, several small
-batches per ``sendmsg``; ``paced`` (S5) sends one batch per tick at a fixed rate and times
-each batch from the publish call to its ack. Both speak the Embarcadero publish protocol
-with ack level 1 and produce the bytes ``BatchTemplate`` rebuilds, so any run can be verified.
+``stream`` sends a fixed number of pre-built batches as fast as acks allow, consecutive
+batches coalesced into one send of about 1 MiB (bounded by the in-flight window); ``paced``
+(S5) sends one batch per tick at a fixed rate and times each batch from the publish call to
+its ack. Both speak the Embarcadero publish protocol with ack level 1 and produce the bytes
+``BatchTemplate`` rebuilds, so any run can be verified.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from shardbroker.bench import procs
 from shardbroker.bench.stats import latency_summary
-from shardbroker.bench.wire import AckStream, ChunkBuilder, batches_per_chunk
+from shardbroker.bench.wire import CHUNK_TARGET_BYTES, AckStream, ChunkBuilder, chunk_plan
 from shardbroker.publisher.batches import BatchGeometry, BatchTemplate
 from shardbroker.wire.protocol import (
     BatchHeader,
@@ -42,6 +43,7 @@ class StreamParams:
     cpu: int | None = None
     max_in_flight_bytes: int = 64 << 20
     topic: str = "bench"
+    chunk_bytes: int = CHUNK_TARGET_BYTES  # bytes of consecutive batches per send
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,10 @@ def _summary(p: StreamParams | PacedParams, geom: BatchGeometry, batches: int,
 def stream(index: int, p: StreamParams, arm: Callable[[], None]) -> dict[str, Any]:
     procs.pin_self(p.cpu)
     geom = BatchGeometry.for_batch(p.batch_bytes, p.message_size)
-    m = batches_per_chunk(geom.payload_bytes)
+    m, max_in_flight = chunk_plan(geom.payload_bytes, p.max_in_flight_bytes,
+                                  p.chunk_bytes)
     chunk = ChunkBuilder(BatchTemplate(p.client_id, geom), m)
     n = geom.messages
-    max_in_flight = max(2 * m, p.max_in_flight_bytes // geom.payload_bytes, 2)
     acks = AckStream()
     sock = _connect(p.host, p.port, p.client_id, p.topic)
     try:
@@ -120,7 +122,8 @@ def stream(index: int, p: StreamParams, arm: Callable[[], None]) -> dict[str, An
         t1, cpu1 = time.monotonic(), time.process_time()
     finally:
         sock.close()
-    return _summary(p, geom, sent, acks) | {"t_start": t0, "t_end": t1, "cpu_s": cpu1 - cpu0}
+    return _summary(p, geom, sent, acks) | {"t_start": t0, "t_end": t1, "cpu_s": cpu1 - cpu0,
+                                            "batches_per_send": m}
 
 
 def paced(index: int, p: PacedParams, arm: Callable[[], None]) -> dict[str, Any]:

@@ -6,8 +6,10 @@ import argparse
 import json
 import signal
 import sys
+import time
 from typing import Any, TextIO
 
+from shardbroker.consumer.consumer import Consumer
 from shardbroker.consumer.waiting import Backoff, FutexWait, make_waiter
 from shardbroker.segment.reader import Batch, SegmentReader
 
@@ -27,7 +29,8 @@ def add_parsers(sub: Any) -> None:
     tail.add_argument("--shard", type=int, help="only this shard")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new batches")
     tail.add_argument("--from-start", action="store_true",
-                      help="begin at the oldest batch still in the rings")
+                      help="begin at the oldest batch still in the rings (with or without "
+                           "--follow)")
     tail.add_argument("-n", "--lines", type=int, default=TAIL_DEFAULT_LINES,
                       help=f"batches per shard to show first (default {TAIL_DEFAULT_LINES})")
     tail.add_argument("--name", help="register as (or resume) this named consumer")
@@ -98,9 +101,46 @@ def _print(rec: dict[str, Any], as_json: bool, out: TextIO) -> None:
                   f"topic {rec['topic']}{extra}\n")
 
 
-def cmd_tail(a: argparse.Namespace) -> int:
-    from shardbroker.consumer.consumer import Consumer
+OWNER_CHECK_EVERY_S = 0.2  # --follow notices a stopped broker within this (plus one wait)
 
+
+class OwnerWatch:
+    """For ``--follow``: has the broker that writes the segment stopped? Asked on every
+    batch and every empty poll, so it looks at most every ``every_s``."""
+
+    def __init__(self, reader: SegmentReader, every_s: float = OWNER_CHECK_EVERY_S) -> None:
+        self.reader = reader
+        self.every_s = every_s
+        self.reason: str | None = None
+        self._next = 0.0
+
+    def gone(self) -> bool:
+        now = time.monotonic()
+        if self.reason is None and now >= self._next:
+            self._next = now + self.every_s
+            self.reason = self.reader.owner_gone()
+        return self.reason is not None
+
+
+def tail_start(a: argparse.Namespace, reader: SegmentReader,
+               consumer: Consumer | None) -> list[int]:
+    """Per shard, the first index to print: a resumed or --from-start consumer's positions,
+    the oldest readable batch (--from-start), or like tail(1) the last -n batches; never
+    below what the rings still hold, so nothing the reader never had counts as missed."""
+    if consumer is not None and (consumer.resumed or a.from_start):
+        return list(consumer.positions)
+    if a.from_start:
+        return reader.start_positions("oldest")
+    ends = reader.start_positions("end")
+    start = [max(reader.oldest_readable(s), e - max(0, a.lines)) for s, e in enumerate(ends)]
+    if consumer is not None:
+        for s, pos in enumerate(start):
+            consumer.table.set_position(consumer.slot, s, pos)
+        consumer.positions = list(start)
+    return start
+
+
+def cmd_tail(a: argparse.Namespace) -> int:
     segment = resolve_segment(a)
     stop_flag = {"stop": False}
 
@@ -110,10 +150,6 @@ def cmd_tail(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     printed = 0
     out = sys.stdout
-
-    def stop() -> bool:
-        return stop_flag["stop"] or (a.max_batches is not None and printed >= a.max_batches)
-
     consumer = None
     waiter: Backoff | FutexWait | None = None
     reader: SegmentReader
@@ -123,18 +159,14 @@ def cmd_tail(a: argparse.Namespace) -> int:
         reader = consumer.reader
     else:
         reader = SegmentReader(segment)
+    owner = OwnerWatch(reader)
+
+    def stop() -> bool:
+        return (stop_flag["stop"] or (a.max_batches is not None and printed >= a.max_batches)
+                or (a.follow and owner.gone()))
+
     try:
-        if consumer is not None and (consumer.resumed or a.from_start):
-            start: Any = list(consumer.positions)
-        elif a.from_start:
-            start = "oldest"
-        else:  # like tail(1): the last -n batches of each shard
-            ends = reader.start_positions("end")
-            start = [max(0, e - max(0, a.lines)) for e in ends]
-            if consumer is not None:
-                for s, pos in enumerate(start):
-                    consumer.table.set_position(consumer.slot, s, pos)
-                consumer.positions = list(start)
+        start = tail_start(a, reader, consumer)
         idle = a.idle_exit if a.follow else 0.0
         waiter = make_waiter(a.wait, segment) if a.follow else Backoff()
         if consumer is not None:
@@ -152,13 +184,16 @@ def cmd_tail(a: argparse.Namespace) -> int:
                 out.flush()
         except KeyboardInterrupt:
             pass
-        summary = {"event": "tail.summary", "segment": segment, "printed": printed,
-                   "lapped": reader.lapped, "torn": reader.torn, "positions": reader.positions}
         if reader.lapped or reader.torn:
             print(f"shardbroker tail: missed {reader.lapped} batches overwritten before they "
                   f"were read ({reader.torn} overwritten while being read)", file=sys.stderr)
+        if owner.reason is not None:
+            print(f"shardbroker tail: stopped following: {owner.reason}", file=sys.stderr)
         if a.json:
-            out.write(json.dumps(summary) + "\n")
+            out.write(json.dumps({
+                "event": "tail.summary", "segment": segment, "printed": printed,
+                "lapped": reader.lapped, "torn": reader.torn, "positions": reader.positions,
+                "ended": owner.reason}) + "\n")
     finally:
         if consumer is not None:
             consumer.close()

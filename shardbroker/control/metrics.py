@@ -7,22 +7,24 @@ a per-shard base, so totals stay cumulative across restarts. Pure: no sockets, t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-COUNTERS = (
-    "bytes", "batches", "messages", "recv_calls", "payload_recv_calls", "eagain", "wakeups",
-    "lowat_sets", "acks_sent", "connections_total", "disconnects_mid_batch",
-    "lapped_in_flight", "duplicates_skipped", "moved_in", "moved_out", "cpu_user_s",
-    "cpu_sys_s", "backpressured_s", "parks", "retention_checks",
-    "uring_enters", "uring_completions",
-)
-RATES = ("bytes", "batches", "messages", "recv_calls", "wakeups", "cpu_user_s", "cpu_sys_s")
-HIST_KEYS = ("1", "2", "4", "8", "16", "32", "64+")
+from shardbroker import counters
+from shardbroker.counters import CounterDef
+from shardbroker.receiver.committer import HIST_LABELS
+
+# Names from the one counter table (shardbroker/counters.py); the aggregator itself reads the
+# table it was given, so an entry added there shows up here without an edit.
+COUNTERS = counters.cumulative_names()  # start from zero in a restarted receiver
+RATES = counters.rate_names()
+HIST_KEYS = HIST_LABELS  # recv calls per batch: <=1, <=2, ..., <=32, >32
 
 
 @dataclass
 class ShardFigures:
+    table: Sequence[CounterDef] = field(default_factory=lambda: counters.TABLE)
     base: dict[str, float] = field(default_factory=dict)  # counters of earlier processes
     base_hist: dict[str, int] = field(default_factory=dict)
     base_rejected: dict[str, int] = field(default_factory=dict)
@@ -31,7 +33,7 @@ class ShardFigures:
 
     def update(self, snap: dict[str, Any]) -> None:
         if self.last is not None and self.last.get("pid") != snap.get("pid"):
-            for k in COUNTERS:
+            for k in counters.cumulative_names(self.table):
                 self.base[k] = self.base.get(k, 0) + self.last.get(k, 0)
             for k, v in self.last.get("recv_calls_hist", {}).items():
                 self.base_hist[k] = self.base_hist.get(k, 0) + v
@@ -44,21 +46,21 @@ class ShardFigures:
 
     def figures(self) -> dict[str, Any]:
         s = self.last or {}
-        out: dict[str, Any] = {k: self.base.get(k, 0) + s.get(k, 0) for k in COUNTERS}
+        # counters add up over this shard's processes; gauges are the latest process's
+        out: dict[str, Any] = {
+            d.name: self.base.get(d.name, 0) + s.get(d.name, 0) if d.kind == "counter"
+            else s.get(d.name, 0)
+            for d in counters.snapshot_defs(self.table)}
         hist = {k: self.base_hist.get(k, 0) + s.get("recv_calls_hist", {}).get(k, 0)
                 for k in HIST_KEYS}
         rejected = dict(self.base_rejected)
         for k, v in s.get("rejected", {}).items():
             rejected[k] = rejected.get(k, 0) + v
+        out.update(_ratios(out))
         out.update(
             recv_calls_hist=hist, rejected=rejected,
-            recv_calls_per_batch=_ratio(out["recv_calls"], out["batches"]),
-            wakeups_per_batch=_ratio(out["wakeups"], out["batches"]),
-            connections_open=s.get("connections_open", 0),
-            parked_connections=s.get("parked_connections", 0),
-            rcvbuf_min=s.get("rcvbuf_min", 0), rcvbuf_max=s.get("rcvbuf_max", 0),
             commit_latency_us=s.get("commit_latency_us", {}),
-            segment_fill=s.get("segment_fill", {}), rss_bytes=s.get("rss_bytes", 0),
+            segment_fill=s.get("segment_fill", {}),
             backend=s.get("backend"), pid=s.get("pid"), updated=s.get("time"),
             socket_options=s.get("socket_options", {}),
             rates=self.rates(),
@@ -66,51 +68,60 @@ class ShardFigures:
         return out
 
     def rates(self) -> dict[str, float]:
+        names = counters.rate_names(self.table)
         a, b = self.prev, self.last
         if not a or not b or b["time"] <= a["time"]:
-            return {k: 0.0 for k in RATES}
+            return {k: 0.0 for k in names}
         dt = b["time"] - a["time"]
-        return {k: (b.get(k, 0) - a.get(k, 0)) / dt for k in RATES}
+        return {k: (b.get(k, 0) - a.get(k, 0)) / dt for k in names}
 
 
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
+def _ratios(fig: dict[str, Any]) -> dict[str, float | None]:
+    return {r.name: _ratio(fig[r.numerator], fig[r.denominator]) for r in counters.RATIOS}
+
+
+def _combine(d: CounterDef, values: list[float]) -> float:
+    """One figure over all shards: counters add up, gauges as the table says (min and max
+    skip zeros: a shard that measured nothing yet, e.g. SO_RCVBUF without connections)."""
+    if d.total == "sum":
+        return sum(values)
+    measured = [v for v in values if v]
+    return (min if d.total == "min" else max)(measured, default=0)
+
+
 class MetricsAggregator:
-    def __init__(self) -> None:
+    def __init__(self, table: Sequence[CounterDef] | None = None) -> None:
+        self.table = counters.TABLE if table is None else table
         self.shards: dict[int, ShardFigures] = {}
         self.snapshots = 0
 
     def update(self, snap: dict[str, Any]) -> None:
         self.snapshots += 1
-        self.shards.setdefault(int(snap["shard"]), ShardFigures()).update(snap)
+        self.shards.setdefault(int(snap["shard"]), ShardFigures(self.table)).update(snap)
 
     def report(self, active_shards: list[int] | None = None) -> dict[str, Any]:
         shards = {str(s): f.figures() for s, f in sorted(self.shards.items())}
-        total: dict[str, Any] = {k: sum(f[k] for f in shards.values()) for k in COUNTERS}
+        total: dict[str, Any] = {
+            d.name: _combine(d, [f[d.name] for f in shards.values()])
+            for d in counters.snapshot_defs(self.table)}
         total["recv_calls_hist"] = {k: sum(f["recv_calls_hist"][k] for f in shards.values())
                                     for k in HIST_KEYS}
         rejected: dict[str, int] = {}
         for f in shards.values():
             for k, v in f["rejected"].items():
                 rejected[k] = rejected.get(k, 0) + v
-        rcv = [f for f in shards.values() if f["rcvbuf_max"]]
+        total.update(_ratios(total))
         total.update(
             rejected=rejected,
             rejected_total=sum(rejected.values()),
-            recv_calls_per_batch=_ratio(total["recv_calls"], total["batches"]),
-            wakeups_per_batch=_ratio(total["wakeups"], total["batches"]),
-            uring_enters_per_batch=_ratio(total["uring_enters"], total["batches"]),
-            uring_completions_per_batch=_ratio(total["uring_completions"], total["batches"]),
-            connections_open=sum(f["connections_open"] for f in shards.values()),
-            parked_connections=sum(f["parked_connections"] for f in shards.values()),
-            rcvbuf_min=min((f["rcvbuf_min"] for f in rcv), default=0),
-            rcvbuf_max=max((f["rcvbuf_max"] for f in rcv), default=0),
             commit_latency_us_p99_max=max(
                 (f["commit_latency_us"].get("p99", 0) for f in shards.values()), default=0),
-            rss_bytes=sum(f["rss_bytes"] for f in shards.values()),
-            rates={k: sum(f["rates"][k] for f in shards.values()) for k in RATES},
+            rates={k: sum(f["rates"][k] for f in shards.values())
+                   for k in counters.rate_names(self.table)},
             receivers=len(active_shards) if active_shards is not None else len(shards),
         )
         return {"total": total, "shards": shards}

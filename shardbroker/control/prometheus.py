@@ -2,59 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from shardbroker import counters
 from shardbroker.config import parse_hostport
+from shardbroker.control.metrics import HIST_KEYS
+from shardbroker.counters import CounterDef
 
-# (metric name, help, kind, key in the shard figures)
-SERIES = (
-    ("shardbroker_received_bytes_total", "Payload bytes committed", "counter", "bytes"),
-    ("shardbroker_batches_total", "Batches committed", "counter", "batches"),
-    ("shardbroker_messages_total", "Messages committed", "counter", "messages"),
-    ("shardbroker_recv_calls_total", "recv_into calls", "counter", "recv_calls"),
-    ("shardbroker_epoll_wakeups_total", "epoll_wait returns with events", "counter", "wakeups"),
-    ("shardbroker_eagain_total", "recv calls that returned EAGAIN", "counter", "eagain"),
-    ("shardbroker_cpu_user_seconds_total", "Receiver user CPU", "counter", "cpu_user_s"),
-    ("shardbroker_cpu_system_seconds_total", "Receiver system CPU", "counter", "cpu_sys_s"),
-    ("shardbroker_connections_open", "Open publisher connections", "gauge", "connections_open"),
-    ("shardbroker_recv_calls_per_batch", "Mean recv calls per batch", "gauge",
-     "recv_calls_per_batch"),
-    ("shardbroker_rcvbuf_max_bytes", "Largest effective SO_RCVBUF", "gauge", "rcvbuf_max"),
-    ("shardbroker_rss_bytes", "Receiver resident memory", "gauge", "rss_bytes"),
-    ("shardbroker_backpressured_seconds_total",
-     "Time publishers were held back for consumers (retention block)", "counter",
-     "backpressured_s"),
-    ("shardbroker_parked_connections", "Connections waiting for a consumer to make room",
-     "gauge", "parked_connections"),
-)
+Series = tuple[str, str, str, str]  # (metric name, help, "counter" | "gauge", figure key)
+
+
+def series(table: Sequence[CounterDef] | None = None) -> tuple[Series, ...]:
+    """One series per entry of the counter table (shardbroker/counters.py) and per exported
+    ratio, labelled by shard. The names are what dashboards query: never rename one."""
+    return (
+        *((d.prometheus, d.help, d.kind, d.name) for d in counters.snapshot_defs(table)
+          if d.prometheus is not None),
+        *((r.prometheus, r.help, "gauge", r.name) for r in counters.RATIOS
+          if r.prometheus is not None),
+    )
+
+
+SERIES = series()  # for the default table (the Grafana dashboard test reads it)
 
 
 class _Collector:
-    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, report: Callable[[], dict[str, Any]],
+                 table: Sequence[CounterDef] | None = None) -> None:
         self.report = report
+        self.series = series(table)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         shards = self.report()["shards"]
-        for name, help_, kind, key in SERIES:
+        for name, help_, kind, key in self.series:
             fam: Any
             if kind == "counter":
+                # prometheus_client adds the _total suffix itself
                 fam = CounterMetricFamily(name.removesuffix("_total"), help_, labels=["shard"])
             else:
                 fam = GaugeMetricFamily(name, help_, labels=["shard"])
             for shard, fig in shards.items():
                 value = fig.get(key)
-                if value is not None:
+                if value is not None:  # a ratio over zero batches
                     fam.add_metric([shard], float(value))
             yield fam
+        # The aggregator's buckets, as exported so far: per bucket (not cumulative), labelled
+        # with the committer's bucket labels (a proper histogram family is issue 14).
         hist = GaugeMetricFamily("shardbroker_recv_calls_per_batch_bucket",
                                  "Batches by recv calls needed (le bucket, not cumulative)",
                                  labels=["shard", "le"])
         for shard, fig in shards.items():
-            for le, count in fig["recv_calls_hist"].items():
-                hist.add_metric([shard, le], float(count))
+            for le in HIST_KEYS:
+                hist.add_metric([shard, le], float(fig["recv_calls_hist"].get(le, 0)))
         yield hist
 
 

@@ -313,3 +313,55 @@ def shared_address(buf: memoryview, offset: int) -> int:
     import numpy as np
 
     return int(np.frombuffer(buf, dtype=np.uint8, count=1, offset=offset).ctypes.data)
+
+
+# --------------------------------------------------------------------------- memory and processes
+
+
+def fs_free_bytes(path: str) -> int | None:
+    """Bytes an unprivileged writer may still allocate in the filesystem holding ``path``
+    (statvfs f_bavail x f_frsize); None when ``path`` cannot be examined."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def mem_available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """The kernel's estimate of memory available without swapping (MemAvailable), in bytes;
+    None when the file or the line is missing (kernels before 3.14, odd containers)."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    fields = line.split()
+                    return int(fields[1]) * (1024 if fields[2:3] == ["kB"] else 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_start_ticks(pid: int, proc_root: str = "/proc") -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22).
+    With the pid it names one process for good: a reused pid has another start time.
+    None: no such process."""
+    try:
+        with open(f"{proc_root}/{pid}/stat") as f:
+            # the command name (field 2) may hold spaces and parentheses: split after it
+            after_name = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    try:
+        return int(after_name[19])  # field 22 overall; fields 1-2 are before the split
+    except (IndexError, ValueError):
+        return None
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (/proc/self/statm), 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0

@@ -15,8 +15,8 @@ from shardbroker import config as config_mod
 from shardbroker import log as logmod
 from shardbroker.errors import ShardbrokerError
 from shardbroker.platform import linux
-from shardbroker.receiver.backend import create_loop
-from shardbroker.receiver.loop import ReceiveLoop
+from shardbroker.receiver.backend import create_backend
+from shardbroker.receiver.receiver import Receiver
 from shardbroker.receiver.spec import ReceiverSpec
 from shardbroker.segment import shm
 from shardbroker.segment.writer import ShardWriter
@@ -38,20 +38,20 @@ class MetricsPublisher:
             self.sock.setsockopt(zmq.LINGER, 200)
             self.sock.connect(endpoint)
 
-    def tick(self, loop: ReceiveLoop) -> None:
+    def tick(self, loop: Receiver) -> None:
         now = time.monotonic()
         if self.sock is None or now < self.next_at:
             return
         self.next_at = now + self.interval_s
         self.send(loop)
 
-    def send(self, loop: ReceiveLoop) -> None:
+    def send(self, loop: Receiver) -> None:
         if self.sock is None:
             return
         with contextlib.suppress(zmq.Again):
             self.sock.send(json.dumps(loop.snapshot()).encode(), zmq.NOBLOCK)
 
-    def close(self, loop: ReceiveLoop | None) -> None:
+    def close(self, loop: Receiver | None) -> None:
         if self.sock is not None and self.ctx is not None:
             if loop is not None:
                 self.send(loop)  # final figures
@@ -95,23 +95,25 @@ def main(argv: list[str]) -> int:
             else None
         listener = linux.reuseport_listener(host, port, incoming, listen=True)
     try:
-        loop = create_loop(cfg, writer, control, log, on_tick=publisher.tick, cpu=spec.cpu,
-                           listener=listener)
+        backend, fallback = create_backend(cfg, log)
     except ShardbrokerError as exc:  # an explicit --backend uring that cannot run here
         log.error("receiver.boot_failed", error=str(exc))
         control.send(b"fail " + json.dumps({"error": str(exc)}).encode())
         publisher.close(None)
         return 3
+    loop = Receiver(cfg, writer, control, log, backend, on_tick=publisher.tick, cpu=spec.cpu,
+                    listener=listener)
+    loop.backend_fallback = fallback
     control.send(b"ready " + json.dumps({
-        "shard": spec.shard, "cpu": spec.cpu, "backend": loop.backend,
+        "shard": spec.shard, "cpu": spec.cpu, "backend": loop.backend_name,
         "backend_fallback": loop.backend_fallback,
         "allowed_cpus": linux.allowed_cpus(), "resumed_at_batch": writer.next_index,
         "restarts": writer.restarts,
     }).encode())
-    log.info("receiver.ready", cpu=spec.cpu, backend=loop.backend, populate_s=round(populate_s, 3),
-             resumed_at_batch=writer.next_index)
-    if loop.backend == "uring":
-        log.info("receiver.uring", setup=getattr(loop, "setup_names", []))
+    log.info("receiver.ready", cpu=spec.cpu, backend=loop.backend_name,
+             populate_s=round(populate_s, 3), resumed_at_batch=writer.next_index)
+    if backend.setup_names:
+        log.info("receiver.uring", setup=backend.setup_names)
     try:
         loop.run()
     finally:

@@ -54,16 +54,37 @@ def dump_segment(name: str, verify: bool = False) -> dict[str, Any]:
     return out
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _ring_span(e: dict[str, Any]) -> str:
+    """Which batches are still readable: index range and the publishers at either end."""
+    first, last = e["first"], e["last"]
+    if first is None or last is None:
+        return "none in the ring"
+    return (f"{e['batches_in_ring']} in the ring ({_mib(e['bytes_in_ring'])}): index "
+            f"{first['index']}..{last['index']}, first from client {first['client_id']} "
+            f"seq {first['batch_seq']}, last from client {last['client_id']} "
+            f"seq {last['batch_seq']}")
+
+
 def render_dump(report: dict[str, Any]) -> str:
+    """The text form of ``dump_segment``'s report (``dump --json`` prints the report)."""
     lines = [f"segment {report['segment']}: {report['shard_count']} shards, "
-             f"{report['total_bytes'] / 2**20:.0f} MiB, PBR {report['pbr_slots']} slots, "
-             f"BLog {report['blog_bytes'] / 2**20:.0f} MiB per shard"]
+             f"{_mib(report['total_bytes'])}, broker id {report['broker_id']}; per shard "
+             f"PBR {report['pbr_slots']} slots, BLog {_mib(report['blog_bytes'])}"]
     for e in report["shards"]:
-        line = (f"  shard {e['shard']}: {e['batches_committed']} batches committed "
-                f"({e['bytes'] / 2**20:.1f} MiB, {e['messages']} messages), "
-                f"{e['batches_in_ring']} still in the ring, first {e['first']}, last {e['last']}")
+        topics = ", ".join(e["topics"]) or "-"
+        lines.append(f"  shard {e['shard']}: {e['batches_committed']} batches committed "
+                     f"({_mib(e['bytes'])}, {e['messages']} messages), topics {topics}, "
+                     f"writer pid {e['writer_pid']}, {e['restarts']} restarts")
+        lines.append(f"    {_ring_span(e)}"
+                     + (f"; {e['lapped']} overwritten while reading" if e["lapped"] else ""))
         if "error_count" in e:
-            line += f"; verify: {e['messages_walked']} messages walked, {e['error_count']} errors"
-        lines.append(line)
+            lines.append(f"    verify: {e['messages_walked']} messages walked, "
+                         f"{e['error_count']} errors")
         lines.extend(f"    error: {err}" for err in e.get("errors", []))
+    if "error_count" in (report["shards"] or [{}])[0]:
+        lines.append("verify: " + ("ok" if report["ok"] else "FAILED"))
     return "\n".join(lines)

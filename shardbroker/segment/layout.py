@@ -51,7 +51,18 @@ Shard header (4096 bytes, offsets from the shard start)::
      80     8  restarts         how many times a writer re-attached to this shard
      88     4  topic_count      entries used in the topic table
      92     4  (pad)
-    128   8*N  statistics       u64 counters, names in STAT_FIELDS, written by the receiver
+    128  8*15  statistics       u64 receiver figures, STAT_FIELDS (what each counts:
+                                shardbroker/counters.py), written by the receiver:
+
+        128  recv_calls             192  rcvbuf_min
+        136  payload_recv_calls     200  rcvbuf_max
+        144  eagain                 208  lowat_sets
+        152  wakeups                216  acks_sent
+        160  connections_open       224  lapped_in_flight
+        168  connections_total      232  uring_enters
+        176  rejected               240  uring_completions
+        184  disconnects_mid_batch  248  (free)
+
     256  2048  topic table      64 entries of 32 bytes, NUL-padded topic names
    2304   8*C  consumer positions  u64 per consumer slot: the next pbr index it will read
                                 (every batch below it is consumed)
@@ -68,8 +79,11 @@ would straddle the ring's end, the writer skips to the start (the tail becomes p
 
 Commit protocol (single writer per shard; x86 keeps stores in order, so a reader that sees
 ``publish_commit == pbr_absolute_index`` sees the whole slot and payload):
-payload complete -> slot written with publish_commit = UINT64_MAX -> batch_complete = 1 ->
-publish_commit = pbr_absolute_index -> shard header pbr_committed/messages/bytes.
+payload complete -> publish_commit = UINT64_MAX (invalidate the old slot) -> the whole slot,
+batch_complete = 1, publish_commit still UINT64_MAX -> publish_commit = pbr_absolute_index.
+The shard header's pbr_committed/blog_head/messages/bytes follow once per read (a receiver
+commits every batch of one read, then publishes the counters), so they may trail the slots; a
+writer that re-attaches walks forward over slots committed past ``pbr_committed``.
 A reader re-checks ``publish_commit`` and ``blog_reclaim <= blog_abs`` *after* using a batch;
 a batch that fails either check was lapped and is never reported as valid.
 
@@ -86,6 +100,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from shardbroker.counters import segment_names
 from shardbroker.wire.protocol import BATCH_HEADER, BATCH_HEADER_SIZE, UINT64_MAX
 
 PAGE = 4096
@@ -116,23 +131,19 @@ SH_TOPICS = 256
 TOPIC_ENTRY = 32
 TOPIC_SLOTS = 64
 
-STAT_FIELDS: tuple[str, ...] = (
-    "recv_calls",  # recv_into calls that returned data or EAGAIN, all phases
-    "payload_recv_calls",  # recv_into calls made while receiving payloads
-    "eagain",  # recv_into calls that returned EAGAIN
-    "wakeups",  # epoll_wait returns with at least one event
-    "connections_open",
-    "connections_total",
-    "rejected",  # connections closed for a protocol violation
-    "disconnects_mid_batch",  # peers that closed or reset with a batch in flight
-    "rcvbuf_min",  # smallest effective SO_RCVBUF over connections (bytes, kernel's value)
-    "rcvbuf_max",
-    "lowat_sets",  # SO_RCVLOWAT setsockopt calls
-    "acks_sent",
-    "lapped_in_flight",  # batches abandoned because the ring lapped them mid-receive
-    "uring_enters",  # io_uring_enter calls (uring backend; 0 under epoll)
-    "uring_completions",  # io_uring completions (CQEs) reaped (uring backend)
+# The statistics block's byte order. The names come from the one counter table
+# (counters.py, its in_segment entries in table order); this literal is the format, so that a
+# change to the table can never move a statistic silently.
+STAT_FIELDS: tuple[str, ...] = segment_names()
+_DOCUMENTED_STATS = (
+    "recv_calls", "payload_recv_calls", "eagain", "wakeups", "connections_open",
+    "connections_total", "rejected", "disconnects_mid_batch", "rcvbuf_min", "rcvbuf_max",
+    "lowat_sets", "acks_sent", "lapped_in_flight", "uring_enters", "uring_completions",
 )
+if STAT_FIELDS != _DOCUMENTED_STATS:  # not an assert: python -O must not skip it
+    raise AssertionError(
+        "counters.TABLE's in_segment entries no longer match the shard header's statistics "
+        f"block: {STAT_FIELDS} != {_DOCUMENTED_STATS}")
 STATS = struct.Struct("<" + "Q" * len(STAT_FIELDS))
 assert SH_STATS + STATS.size <= SH_TOPICS
 
@@ -165,6 +176,16 @@ assert SH_CONSUMER_POS + CONSUMER_SLOTS * 8 <= SHARD_HEADER_SIZE
 SLOT_BLOG_ABS = 112
 SLOT_TOPIC_INDEX = 120
 SLOT_EXT = struct.Struct("<QI4x")
+# The whole 128-byte slot in one store: the BatchHeader fields, then blog_abs and topic_index.
+SLOT = struct.Struct("<QQIIIIIIHHIQQQQQQQQQI4x")
+# Positions in SLOT.unpack_from's tuple of the fields a re-attaching writer reads.
+SLOT_F_NUM_MSG = 3
+SLOT_F_SIZE = 13
+SLOT_F_LOGICAL = 14
+SLOT_F_COMMIT = 18
+SLOT_F_BLOG_ABS = 19
+# Shard header pbr_committed, blog_head, blog_reclaim, messages, bytes: one store at 32.
+HEADER_COUNTERS = struct.Struct("<QQQQQ")
 SLOT_PUBLISH_COMMIT = 104
 SLOT_BATCH_COMPLETE = 24
 U64 = struct.Struct("<Q")

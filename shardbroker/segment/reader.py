@@ -7,27 +7,39 @@ not been reclaimed by a later lap; both are checked again after the payload view
 
 ``follow()`` keeps reading as batches are committed: per shard in commit order, round-robin
 over shards, optionally one topic; a caught-up reader waits with ``consumer.waiting.Backoff``.
-Every batch index is accounted for exactly once: yielded, filtered out (topic), or counted in
-``lapped`` (overwritten before it was read; any topic, since an overwritten slot no longer
-says) -- so a lapped reader knows exactly what it missed. A batch overwritten *while the caller
-held it* is counted in ``torn``: check ``Batch.still_valid()`` after using a payload under
-retention ``overwrite`` (under ``block`` a live consumer's batches cannot be overwritten).
+Every batch index from the start position on is accounted for exactly once: yielded, filtered
+out (topic), or counted in ``lapped`` (overwritten before it was read; any topic, since an
+overwritten slot no longer says) -- so a lapped reader knows exactly what it missed. Starting
+at ``"oldest"`` means the oldest batch still readable: what a ring overwrote before the reader
+came is not "missed" and not counted. A batch overwritten *while the caller held it* is
+counted in ``torn``: check ``Batch.still_valid()`` after using a payload under retention
+``overwrite`` (under ``block`` a live consumer's batches cannot be overwritten).
+
+``owner_gone()`` says when no broker will write the segment again (closed, unlinked, or its
+supervisor died), so a follower can stop instead of waiting on a dead mapping.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from shardbroker.platform import linux
 from shardbroker.segment import shm
 from shardbroker.segment.layout import (
+    FLAG_CLOSED_CLEANLY,
+    FLAG_SERVING,
+    SLOT_BLOG_ABS,
+    SLOT_PUBLISH_COMMIT,
     Geometry,
     ShardState,
     Slot,
     blog_reclaim,
+    pbr_ring_view,
     read_segment_header,
     read_shard_state,
     read_slot,
@@ -50,6 +62,10 @@ class Batch:
     topic: str
     payload: memoryview
     _reader: SegmentReader
+
+    @property
+    def segment(self) -> str:
+        return self._reader.name
 
     @property
     def batch_seq(self) -> int:
@@ -94,6 +110,7 @@ class SegmentReader:
     def __init__(self, name: str) -> None:
         self._m = shm.attach(name, writable=False)
         self.name = name
+        self._identity = _file_identity(name)  # to tell "unlinked or replaced" later
         self.lapped = 0  # batches skipped because a later lap overwrote them
         self.torn = 0  # followed batches overwritten while the caller still held them
         self.positions: list[int] = []  # follow(): per shard, the next index to read
@@ -128,6 +145,45 @@ class SegmentReader:
 
     def topics(self, shard: int) -> list[str]:
         return read_topics(self._m.buf, self.geometry, shard)
+
+    def owner_gone(self) -> str | None:
+        """Why no broker will write this segment again, or None while one may: its supervisor
+        closed it, its name was unlinked (or now names a new segment), or the supervisor that
+        marked it serving has died. The pid test only says "gone" when no process has that
+        pid in this pid namespace."""
+        h = read_segment_header(self._m.buf)
+        if h.flags & FLAG_CLOSED_CLEANLY:
+            return f"the broker closed segment {self.name}"
+        now = _file_identity(self.name)
+        if now is None:
+            return f"segment {self.name} was removed"
+        if _UNKNOWN not in (self._identity, now) and now != self._identity:
+            return f"segment {self.name} was removed and created anew"
+        if h.flags & FLAG_SERVING and h.supervisor_pid and not linux.pid_alive(h.supervisor_pid):
+            return f"the broker (pid {h.supervisor_pid}) that served segment {self.name} died"
+        return None
+
+    def oldest_readable(self, shard: int) -> int:
+        """Index of the oldest batch of ``shard`` still readable (``pbr_committed`` when none
+        is). Below the PBR window every slot is reused; inside it the BLog may have reclaimed
+        a payload already. Commits happen in completion order, so a BLog lap is not a clean
+        cut in index order: the whole window is tested, vectorised over the ring."""
+        import numpy as np
+
+        g, buf = self.geometry, self._m.buf
+        end = read_shard_state(buf, g, shard).pbr_committed
+        first = max(0, end - g.pbr_slots)
+        if first == end:
+            return end
+        reclaim = blog_reclaim(buf, g, shard)
+        ring = pbr_ring_view(buf, g, shard).view("<u8")
+        wanted = np.arange(first, end, dtype=np.uint64)
+        rows = wanted % np.uint64(g.pbr_slots)
+        readable = ((ring[rows, SLOT_PUBLISH_COMMIT // 8] == wanted)
+                    & (ring[rows, SLOT_BLOG_ABS // 8] >= np.uint64(reclaim)))
+        del ring  # a live numpy view of the mapping would keep close() from releasing it
+        hit = int(readable.argmax())
+        return first + hit if readable[hit] else end
 
     def _valid(self, shard: int, index: int, blog_abs: int) -> bool:
         g, buf = self.geometry, self._m.buf
@@ -168,15 +224,14 @@ class SegmentReader:
     # ------------------------------------------------------------------ follow mode
 
     def start_positions(self, start: str | Sequence[int]) -> list[int]:
-        """``"end"`` (only new batches), ``"oldest"`` (everything still in the rings), or
-        explicit per-shard indexes."""
+        """``"end"`` (only new batches), ``"oldest"`` (the oldest batch still readable in
+        each shard), or explicit per-shard indexes."""
         n = self.shard_count
         if isinstance(start, str):
-            ends = [self.shard_state(s).pbr_committed for s in range(n)]
             if start == "end":
-                return ends
+                return [self.shard_state(s).pbr_committed for s in range(n)]
             if start == "oldest":
-                return [max(0, e - self.geometry.pbr_slots) for e in ends]
+                return [self.oldest_readable(s) for s in range(n)]
             raise ValueError(f"start {start!r}: use 'end', 'oldest' or a list of indexes")
         pos = [int(x) for x in start]
         if len(pos) != n:
@@ -211,7 +266,8 @@ class SegmentReader:
         arm = getattr(waiter, "arm", None)  # a wake-up channel is armed before the last poll
         armed = False
         while True:
-            got = 0
+            got = 0  # batches yielded this round
+            passed = 0  # indexes moved past without yielding (lapped, or another topic)
             for s in shards:
                 end = read_shard_state(buf, g, s).pbr_committed
                 pos = self.positions[s]
@@ -229,13 +285,18 @@ class SegmentReader:
                         yield batch
                         if not batch.still_valid():
                             self.torn += 1
+                    else:
+                        passed += 1
                     self._moved(s, i + 1, on_position)
                     if stop is not None and stop():
                         return
-            if got:
+            if got or passed:
+                # More may be committed already: a round of lapped or filtered batches is
+                # not a sign of being caught up (nor, for idle_timeout_s, of new data).
                 waiter.reset()
                 armed = False
-                idle_since = time.monotonic()
+                if got:
+                    idle_since = time.monotonic()
                 continue
             if stop is not None and stop():
                 return
@@ -277,3 +338,17 @@ class SegmentReader:
         topic = names[slot.topic_index] if slot.topic_index < len(names) \
             else f"#{slot.topic_index}"
         return Batch(shard, i, slot, topic, payload, self)
+
+
+def _file_identity(name: str) -> tuple[int, int] | None:
+    """(device, inode) of the segment's name in the file system; None once it is unlinked."""
+    try:
+        st = os.stat(shm.segment_path(name))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _UNKNOWN  # cannot tell: only the header flags and the pid can say
+    return st.st_dev, st.st_ino
+
+
+_UNKNOWN = (-1, -1)

@@ -15,23 +15,25 @@ from dataclasses import dataclass
 from shardbroker.errors import PlatformError, SegmentError
 from shardbroker.platform import linux
 from shardbroker.segment.layout import (
+    HEADER_COUNTERS,
     RETENTION_BLOCK,
     SEG_COMMIT_WAKE,
     SEG_SLEEPERS,
     SH_BLOG_HEAD,
     SH_BLOG_RECLAIM,
-    SH_BYTES,
     SH_HEARTBEAT,
-    SH_MESSAGES,
     SH_PBR_COMMITTED,
     SH_RESTARTS,
     SH_STATS,
     SH_TOPIC_COUNT,
     SH_TOPICS,
     SH_WRITER_PID,
-    SLOT_BATCH_COMPLETE,
-    SLOT_BLOG_ABS,
-    SLOT_EXT,
+    SLOT,
+    SLOT_F_BLOG_ABS,
+    SLOT_F_COMMIT,
+    SLOT_F_LOGICAL,
+    SLOT_F_NUM_MSG,
+    SLOT_F_SIZE,
     SLOT_PUBLISH_COMMIT,
     STATS,
     TOPIC_ENTRY,
@@ -46,7 +48,7 @@ from shardbroker.segment.layout import (
     retention_floor,
 )
 from shardbroker.segment.shm import Mapped
-from shardbroker.wire.protocol import BATCH_HEADER, BATCH_HEADER_SIZE, UINT64_MAX
+from shardbroker.wire.protocol import BATCH_HEADER_SIZE, UINT64_MAX
 
 
 @dataclass(slots=True)
@@ -75,6 +77,7 @@ class ShardWriter:
         self.reclaim = st.blog_reclaim
         self.messages = st.messages
         self.bytes = st.bytes
+        self._adopt_unpublished_commits()
         self.restarts = st.restarts + (1 if st.writer_pid else 0)
         self._topics = {name: i for i, name in enumerate(read_topics(m.buf, g, shard))}
         U32.pack_into(self.buf, self.base + SH_WRITER_PID, os.getpid())
@@ -93,6 +96,21 @@ class ShardWriter:
         self._room_blog = 0  # BLog reservations ending at or below this are allowed
         self._wake_addr: int | None = None
         self.room_checks = 0  # slow-path reads of the consumer table (retention `block`)
+
+    def _adopt_unpublished_commits(self) -> None:
+        """Slots a previous writer committed after its last ``publish`` (it died in between)
+        are committed batches: continue after them, never over them. The shard header's
+        counters trail the slots by at most one read's worth of batches."""
+        while True:
+            off = self.pbr_off + (self.next_index % self.slots) * BATCH_HEADER_SIZE
+            f = SLOT.unpack_from(self.buf, off)
+            if f[SLOT_F_COMMIT] != self.next_index:
+                return
+            self.next_index += 1
+            self.messages = f[SLOT_F_LOGICAL] + f[SLOT_F_NUM_MSG]
+            self.bytes += f[SLOT_F_SIZE]
+            self.head = max(self.head, f[SLOT_F_BLOG_ABS] + f[SLOT_F_SIZE])
+        # (the header is brought up to date by the first publish)
 
     def topic_index(self, topic: str) -> int:
         idx = self._topics.get(topic)
@@ -123,6 +141,80 @@ class ShardWriter:
         self.head = end
         U64.pack_into(self.buf, self.base + SH_BLOG_HEAD, end)
         return Reservation(start, self.blog_off + start % self.blog_bytes, size)
+
+    def reserve_abs(self, size: int) -> int:
+        """The hot path's ``reserve``: no Reservation object, returns ``blog_abs`` (the payload
+        lies at ``blog_off + blog_abs % blog_bytes``). The head reaches the shard header with
+        the next ``publish``; ``reclaim`` is stored now, before any byte is overwritten."""
+        head = self.head
+        blog = self.blog_bytes
+        start = head if head % blog + size <= blog else head + blog - head % blog
+        end = start + size
+        if end - blog > self.reclaim:
+            self.reclaim = end - blog
+            U64.pack_into(self.buf, self.base + SH_BLOG_RECLAIM, end - blog)
+        self.head = end
+        return start
+
+    def commit_slot(self, blog_abs: int, size: int, batch_seq: int, orig_seq: int,
+                    client_id: int, num_msg: int, session_epoch: int, topic_idx: int) -> None:
+        """Commit one batch whose payload is complete at ``blog_abs``: three stores, in the
+        order of the commit protocol (layout.py). The shard header's counters follow with
+        ``publish``, once for all the batches of one read."""
+        idx = self.next_index
+        buf = self.buf
+        off = self.pbr_off + (idx % self.slots) * BATCH_HEADER_SIZE
+        # 1. invalidate, so a reader racing us never pairs the old slot's fields with new ones
+        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, UINT64_MAX)
+        # 2. the whole slot, batch_complete = 1 but publish_commit still UINT64_MAX
+        SLOT.pack_into(
+            buf, off, batch_seq, orig_seq, client_id, num_msg, 1, self.broker_id, 0, 0, 0,
+            session_epoch, 0, (self.broker_id << 48) | idx, idx, size, self.messages,
+            self.blog_off + blog_abs % self.blog_bytes, 0, 0, UINT64_MAX, blog_abs, topic_idx)
+        # 3. publish_commit last (x86: stores become visible in program order)
+        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, idx)
+        self.next_index = idx + 1
+        self.messages += num_msg
+        self.bytes += size
+
+    def append(self, payload: memoryview, batch_seq: int, orig_seq: int, client_id: int,
+               num_msg: int, session_epoch: int, topic_idx: int) -> None:
+        """``reserve_abs`` + copy ``payload`` in + ``commit_slot``, in one call: the path of
+        every small batch. Only for a writer with no receive in flight into BLog space this
+        reservation could lap (the caller checks); the order of stores is the same."""
+        size = len(payload)
+        head = self.head
+        blog = self.blog_bytes
+        off_in = head % blog
+        start = head if off_in + size <= blog else head + blog - off_in
+        end = start + size
+        buf = self.buf
+        if end - blog > self.reclaim:
+            self.reclaim = end - blog
+            U64.pack_into(buf, self.base + SH_BLOG_RECLAIM, end - blog)
+        self.head = end
+        at = self.blog_off + start % blog
+        buf[at: at + size] = payload
+        idx = self.next_index
+        off = self.pbr_off + (idx % self.slots) * BATCH_HEADER_SIZE
+        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, UINT64_MAX)
+        SLOT.pack_into(
+            buf, off, batch_seq, orig_seq, client_id, num_msg, 1, self.broker_id, 0, 0, 0,
+            session_epoch, 0, (self.broker_id << 48) | idx, idx, size, self.messages, at,
+            0, 0, UINT64_MAX, start, topic_idx)
+        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, idx)
+        self.next_index = idx + 1
+        self.messages += num_msg
+        self.bytes += size
+
+    def publish(self) -> None:
+        """Bring the shard header's counters up to the slots committed so far and wake
+        sleeping followers: once per read, however many batches it committed."""
+        buf = self.buf
+        HEADER_COUNTERS.pack_into(buf, self.base + SH_PBR_COMMITTED, self.next_index,
+                                  self.head, self.reclaim, self.messages, self.bytes)
+        if buf[SEG_SLEEPERS]:  # a follower sleeps on the futex: one load per publish if not
+            self._wake_followers()
 
     def has_room(self, size: int, pending_floor: int | None = None) -> bool:
         """Under ``block``: may a ``size``-byte batch be reserved and committed now without
@@ -159,30 +251,11 @@ class ShardWriter:
 
     def commit(self, r: Reservation, batch_seq: int, orig_seq: int, client_id: int,
                num_msg: int, session_epoch: int, topic_idx: int) -> int:
-        """Publish a batch whose payload is complete in ``r``. Returns its pbr index."""
+        """Publish one batch whose payload is complete in ``r``. Returns its pbr index."""
         idx = self.next_index
-        off = self.pbr_off + (idx % self.slots) * BATCH_HEADER_SIZE
-        buf = self.buf
-        # 1. invalidate the slot, so a reader racing us never pairs old and new fields
-        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, UINT64_MAX)
-        # 2. the whole slot, still marked not committed
-        BATCH_HEADER.pack_into(
-            buf, off, batch_seq, orig_seq, client_id, num_msg, 0, self.broker_id, 0, 0, 0,
-            session_epoch, 0, (self.broker_id << 48) | idx, idx, r.size, self.messages,
-            r.log_idx, 0, 0, UINT64_MAX,
-        )
-        SLOT_EXT.pack_into(buf, off + SLOT_BLOG_ABS, r.blog_abs, topic_idx)
-        # 3. batch_complete, then 4. publish_commit last (x86: stores become visible in order)
-        U32.pack_into(buf, off + SLOT_BATCH_COMPLETE, 1)
-        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, idx)
-        self.next_index = idx + 1
-        self.messages += num_msg
-        self.bytes += r.size
-        U64.pack_into(buf, self.base + SH_MESSAGES, self.messages)
-        U64.pack_into(buf, self.base + SH_BYTES, self.bytes)
-        U64.pack_into(buf, self.base + SH_PBR_COMMITTED, idx + 1)
-        if buf[SEG_SLEEPERS]:  # a follower sleeps on the futex: one load per commit if not
-            self._wake_followers()
+        self.commit_slot(r.blog_abs, r.size, batch_seq, orig_seq, client_id, num_msg,
+                         session_epoch, topic_idx)
+        self.publish()
         return idx
 
     def _wake_followers(self) -> None:

@@ -19,8 +19,10 @@ class BrokerProcess:
     """``with BrokerProcess(["--threads", "2"]) as b: b.port ...``: killed and reaped on exit."""
 
     def __init__(self, args: list[str], ready_timeout_s: float = 60.0,
-                 stderr: int | None = None, env: dict[str, str] | None = None) -> None:
+                 stderr: int | None = None, env: dict[str, str] | None = None,
+                 python: str | None = None) -> None:
         self.args = args
+        self.python = python  # the interpreter to run (bench baselines); default: this one
         self.ready_timeout_s = ready_timeout_s
         self.stderr = stderr
         self.env = env
@@ -28,10 +30,19 @@ class BrokerProcess:
         self.ready: dict[str, Any] = {}
 
     def start(self) -> BrokerProcess:
-        cmd = [sys.executable, "-m", "shardbroker", "run", *self.args]
+        """Launch and wait for the ready line (BrokerStartError, process reaped, if none)."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> BrokerProcess:
+        """Start the process and return at once (a test that signals it mid-start)."""
+        cmd = [self.python or sys.executable, "-m", "shardbroker", "run", *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr,
                                      stdin=subprocess.DEVNULL, env=self.env)
-        assert self.proc.stdout is not None
+        return self
+
+    def wait_ready(self) -> BrokerProcess:
+        assert self.proc is not None and self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + self.ready_timeout_s

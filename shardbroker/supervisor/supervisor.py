@@ -18,6 +18,7 @@ import ipaddress
 import json
 import math
 import os
+import select
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import zmq
@@ -42,12 +44,25 @@ from shardbroker.platform.topology import PlacementPlan, plan_placement, read_to
 from shardbroker.receiver.spec import ReceiverSpec
 from shardbroker.segment import shm
 from shardbroker.segment.layout import RETENTION_NAMES, Geometry, write_retention
+from shardbroker.supervisor.created import Created
+from shardbroker.supervisor.guards import check_receivers_fit_cpus
 from shardbroker.wire.protocol import encode_control_frame
 
 BOOT_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 8.0
 
 ACTIVE, RETIRING, INACTIVE = "active", "retiring", "inactive"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StartInterrupted(BrokerStartError):
+    """SIGTERM or SIGINT arrived while the broker was starting (creating or prefaulting the
+    segment, waiting for receivers): the start stops there and removes what it made."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"start interrupted by {signal.Signals(signum).name}",
+                         hint="nothing of this start was left behind; run it again to start")
 
 
 def placement_for(cfg: Config, root: str = "/") -> PlacementPlan:
@@ -94,7 +109,9 @@ class Supervisor:
         self.out = out
         self.segment_name = cfg.segment.name or f"shardbroker-{os.getpid()}"
         self.listener: socket.socket | None = None
-        self.mapped: shm.Mapped | None = None
+        self.mapped: shm.Mapped | None = None  # created or taken over: ours to close
+        self.created = Created()
+        self.starting = False
         self.consumers: ConsumerTable | None = None  # the segment's consumer table
         self.next_consumer_sweep = 0.0
         self.slots: list[ReceiverSlot] = []
@@ -133,6 +150,8 @@ class Supervisor:
         self.placement = placement_for(self.cfg)
         cpus = list(self.placement.receiver_cpus)
         n = b.threads or len(cpus)
+        # before anything is logged or made, so that a refusal is the one line printed
+        check_receivers_fit_cpus(f"--threads {n}", n, cpus, b.oversubscribe)
         shards = max(n, b.max_threads or len(cpus))
         if n > len(cpus):
             self.log.warning("supervisor.more_receivers_than_cpus", receivers=n,
@@ -143,6 +162,15 @@ class Supervisor:
         return n, [cpus[i % len(cpus)] for i in range(shards)]
 
     def start(self) -> dict[str, Any]:
+        """Create (or recover) the segment, bind, spawn receivers, print the ready line.
+        Raises StartInterrupted on SIGTERM/SIGINT; the caller then calls ``abort``."""
+        self.starting = True
+        try:
+            return self._start()
+        finally:
+            self.starting = False
+
+    def _start(self) -> dict[str, Any]:
         n, cpus = self.plan()
         seg = self.cfg.segment
         geometry = Geometry(len(cpus), seg.pbr_slots, seg.blog_bytes_per_shard)
@@ -151,18 +179,16 @@ class Supervisor:
         if seg.recover:
             n, cpus = self._recover(n, cpus)
         else:
-            self.mapped = shm.create(self.segment_name, geometry, self.cfg.broker.broker_id,
-                                     seg.mode)
-            if seg.group:
-                shm.share_with_group(self.segment_name, seg.group)
-            self._place_memory()
+            self._create_segment(geometry)
         assert self.mapped is not None
+        self._raise_if_stop_requested()
         geometry = self.mapped.geometry
         # before any receiver starts: their writers read the policy once, at attach
         write_retention(self.mapped.buf, RETENTION_NAMES.index(seg.retention),
                         int(seg.consumer_timeout_s * 1000))
         self.consumers = ConsumerTable(self.mapped)
-        prefault_s = shm.prefault(self.mapped) if seg.prefault else 0.0
+        prefault_s = (shm.prefault(self.mapped, between_chunks=self._raise_if_stop_requested)
+                      if seg.prefault else 0.0)
         self.log.info("supervisor.segment.created", segment=self.segment_name,
                       bytes=geometry.total_bytes, shards=geometry.shard_count,
                       prefault_s=round(prefault_s, 3), hugepages=seg.hugepages,
@@ -180,7 +206,7 @@ class Supervisor:
             from shardbroker.control.prometheus import serve_metrics
 
             serve_metrics(self.cfg.metrics.prometheus, self.metrics_report)
-        endpoints.write_default_endpoint(self.control_endpoint)
+        self._publish_record()
         ready = {
             "event": "ready",
             "listen": self.listen_addr,
@@ -200,17 +226,49 @@ class Supervisor:
         self.out.flush()
         return ready
 
+    def _create_segment(self, geometry: Geometry) -> None:
+        """A new segment (shm.create refuses one larger than /dev/shm and memory allow)."""
+        seg = self.cfg.segment
+        self.mapped = shm.create(self.segment_name, geometry, self.cfg.broker.broker_id,
+                                 seg.mode)
+        self.created.segment = self.segment_name
+        if seg.group:
+            shm.share_with_group(self.segment_name, seg.group)
+        self._place_memory()
+
     def _recover(self, n: int, cpus: list[int | None]) -> tuple[int, list[int | None]]:
         """Re-attach a crashed broker's segment: its geometry wins; each receiver continues
-        its shard after the last committed batch (ShardWriter reads the shard header)."""
-        self.mapped = shm.attach(self.segment_name, writable=True)
-        generation = shm.take_over(self.mapped)
+        its shard after the last committed batch (ShardWriter reads the shard header).
+        A segment a live broker serves is refused and left exactly as it was."""
+        mapped = shm.attach(self.segment_name, writable=True)
+        try:
+            generation = shm.take_over(mapped)
+        except BaseException:
+            mapped.close()
+            raise
+        self.mapped = mapped
         shards = self.mapped.geometry.shard_count
         plan_cpus: list[int | None] = [c for c in cpus if c is not None] or [None]
         cpus = [plan_cpus[i % len(plan_cpus)] for i in range(shards)]
         self.log.info("supervisor.segment.recovered", segment=self.segment_name,
                       shards=shards, generation=generation)
         return min(n, shards), cpus
+
+    def _raise_if_stop_requested(self) -> None:
+        """Between the steps of a start: end it if SIGTERM or SIGINT arrived (the handler only
+        queued it; a start can take tens of seconds and must not make the operator wait)."""
+        signum = next((s for s in self._signals if s in STOP_SIGNALS), None)
+        if signum is not None:
+            self.log.info("supervisor.start_interrupted", signal=signal.Signals(signum).name)
+            raise StartInterrupted(signum)
+
+    def _publish_record(self) -> None:
+        """Let local commands find this broker (``shardbroker status`` and friends)."""
+        rec = endpoints.record_for_this_process(self.segment_name, self.control_endpoint,
+                                                self.listen_addr)
+        self.created.files.append(endpoints.broker_dir_path(self.segment_name)
+                                  / endpoints.RECORD_NAME)
+        endpoints.write_record(rec)
 
     def _place_memory(self) -> None:
         """Bind the segment's pages to the planned node and apply the huge-page mode, before
@@ -254,7 +312,15 @@ class Supervisor:
     def _bind_zmq(self) -> None:
         c = self.cfg.control
         endpoints.check_tcp_bind(c.endpoint, bool(c.curve_secret_key_file))
-        rundir = endpoints.broker_dir(os.path.basename(self.segment_name))
+        existed = endpoints.broker_dir_path(self.segment_name).exists()
+        rundir = endpoints.broker_dir(self.segment_name)
+        if not existed:
+            self.created.dirs.append(rundir)
+        self.control_endpoint = c.endpoint or f"ipc://{rundir}/control.sock"
+        self.metrics_endpoint = f"ipc://{rundir}/metrics.sock"
+        self._refuse_endpoints_in_use()
+        if existed:  # a dead broker's (same segment, e.g. --recover): nobody listens in it
+            self.created.dirs.append(rundir)
         self.control_sock = self.ctx.socket(zmq.ROUTER)
         self.control_sock.setsockopt(zmq.LINGER, 0)
         if c.curve_secret_key_file:
@@ -267,19 +333,33 @@ class Supervisor:
             self.control_sock.curve_secretkey = secret
             self.control_sock.curve_publickey = public
             self.control_sock.curve_server = True
-        self.control_endpoint = c.endpoint or f"ipc://{rundir}/control.sock"
-        self.metrics_endpoint = f"ipc://{rundir}/metrics.sock"
         try:
             self.control_sock.bind(self.control_endpoint)
         except zmq.ZMQError as exc:
             raise BrokerStartError(f"cannot bind control endpoint {self.control_endpoint}: {exc}",
                                    hint="is another broker using it? set control.endpoint") \
                 from exc
+        self._track_ipc_file(self.control_endpoint)
         if self.control_endpoint.startswith("ipc://"):
             os.chmod(self.control_endpoint[len("ipc://"):], 0o600)
         self.metrics_sock = self.ctx.socket(zmq.PULL)
         self.metrics_sock.setsockopt(zmq.LINGER, 0)
         self.metrics_sock.bind(self.metrics_endpoint)
+        self._track_ipc_file(self.metrics_endpoint)
+
+    def _refuse_endpoints_in_use(self) -> None:
+        """ZeroMQ binds an ipc:// path another process listens on by taking it over: that
+        broker could no longer be reached. Refuse instead."""
+        for endpoint in (self.control_endpoint, self.metrics_endpoint):
+            if endpoints.ipc_in_use(endpoint):
+                raise BrokerStartError(
+                    f"{endpoint} is in use by a running broker",
+                    hint="pick another --segment (or control.endpoint); `shardbroker status` "
+                         "lists the brokers running here")
+
+    def _track_ipc_file(self, endpoint: str) -> None:
+        if endpoint.startswith("ipc://"):
+            self.created.files.append(Path(endpoint[len("ipc://"):]))
 
     def _listen(self) -> None:
         host, port = parse_hostport(self.cfg.broker.listen)
@@ -344,11 +424,7 @@ class Supervisor:
     def _await_ready(self, slot: ReceiverSlot) -> None:
         """Block until the receiver reports ready; BrokerStartError if it cannot boot."""
         assert slot.control is not None and slot.proc is not None
-        slot.control.settimeout(BOOT_TIMEOUT_S)
-        try:
-            msg = slot.control.recv(4096)
-        except (TimeoutError, OSError):
-            msg = b""
+        msg = self._first_message(slot.control)
         if not msg.startswith(b"ready "):
             detail = _fail_detail(msg[5:]) if msg.startswith(b"fail ") else (
                 f"exit code {slot.proc.poll()}" if slot.proc.poll() is not None
@@ -359,6 +435,27 @@ class Supervisor:
         slot.ready = True
         slot.control.setblocking(False)
         self.poller.register(slot.control, zmq.POLLIN)
+
+    def _first_message(self, control: socket.socket) -> bytes:
+        """A new receiver's first message; b"" if none comes within BOOT_TIMEOUT_S. While the
+        broker starts, SIGTERM/SIGINT ends the wait at once (StartInterrupted)."""
+        waiting = select.poll()
+        waiting.register(control, select.POLLIN)
+        if self.starting:
+            waiting.register(self._sig_r, select.POLLIN)
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0:
+            ready_fds = {fd for fd, _ev in waiting.poll(left * 1000)}
+            if self._sig_r.fileno() in ready_fds:
+                with contextlib.suppress(BlockingIOError):
+                    self._sig_r.recv(4096)  # the queue is in self._signals
+                self._raise_if_stop_requested()
+            if control.fileno() in ready_fds:
+                try:
+                    return control.recv(4096)
+                except OSError:
+                    return b""
+        return b""
 
     # ------------------------------------------------------------------ main loop
 
@@ -672,6 +769,8 @@ class Supervisor:
         if not 1 <= n <= len(self.slots):
             raise ValueError(f"threads must be within 1..{len(self.slots)} (the segment has "
                              f"{len(self.slots)} shards; raise broker.max_threads to allow more)")
+        check_receivers_fit_cpus(f"scale {n}", n, self.placement.receiver_cpus,
+                                 self.cfg.broker.oversubscribe)
         if any(s.state == RETIRING for s in self.slots):
             raise ValueError("a scale-down is still in progress; try again in a moment")
         if n > len(active):
@@ -733,39 +832,48 @@ class Supervisor:
         return self.exit_code
 
     def _close_zmq(self) -> None:
-        endpoints.clear_default_endpoint(self.control_endpoint)
-        for s in (self.control_sock, self.metrics_sock):
-            if s is not None:
-                s.close(linger=0)
-        self.ctx.term()
-        with contextlib.suppress(OSError):
-            rundir = endpoints.runtime_dir() / os.path.basename(self.segment_name)
-            for f in rundir.iterdir():
-                f.unlink()
-            rundir.rmdir()
+        try:
+            for s in (self.control_sock, self.metrics_sock):
+                if s is not None:
+                    s.close(linger=0)
+            self.ctx.term()
+        finally:
+            self.created.remove_files()  # this broker's sockets and record, nobody else's
 
     def release_segment(self) -> None:
+        """At a clean stop: mark the segment closed, unmap it, unlink it unless kept."""
         if self.mapped is None:
             return
         shm.mark_closed(self.mapped)
-        self.mapped.close()
-        self.mapped = None
-        self.consumers = None
+        self._unmap()
         if self.cfg.segment.keep:
             self.log.info("supervisor.segment.kept", segment=self.segment_name)
         else:
             shm.unlink(self.segment_name)
+        self.created.segment = None
+
+    def _unmap(self) -> None:
+        if self.mapped is not None:
+            self.mapped.close()
+        self.mapped = None
+        self.consumers = None
 
     def abort(self) -> None:
-        """Start failed: kill whatever was spawned, drop the segment and endpoints."""
+        """Start failed or was interrupted: remove what this start made and only that. The
+        segment goes first (it holds the memory; nothing else matters if we are killed next);
+        a recovered segment stays as it was, for another --recover."""
+        if self.created.segment is not None:
+            shm.unlink(self.created.segment)
+            self.created.segment = None
         for slot in self.slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.kill()
                 slot.proc.wait()
             if slot.control is not None:
                 slot.control.close()
-        if self.listener is not None:
-            self.listener.close()
+        for sock in (self.listener, self.port_holder):
+            if sock is not None:
+                sock.close()
         with contextlib.suppress(Exception):
             self._close_zmq()
-        self.release_segment()
+        self._unmap()

@@ -48,11 +48,12 @@ def broker(backend: str | None) -> Iterator[BrokerFactory]:
     started: list[BrokerProcess] = []
     backend_args = ["--backend", backend] if backend else []
 
-    def start(*args: str, threads: int = 2, blog: str = "128MiB") -> BrokerProcess:
+    def start(*args: str, threads: int = 2, blog: str = "128MiB",
+              env: dict[str, str] | None = None) -> BrokerProcess:
         seg = f"shardbroker-it-{os.getpid()}-{os.urandom(3).hex()}"
         b = BrokerProcess(["--listen", "127.0.0.1:0", "--threads", str(threads),
                            "--segment", seg, "--blog-size", blog, *backend_args, *args],
-                          ready_timeout_s=60)
+                          ready_timeout_s=60, env=env)
         started.append(b)
         return b.start()
 

@@ -30,14 +30,14 @@ BARE_ENV = Environment(tools={"iperf3": None, "nats-server": None},
 def test_contender_list_is_data_driven() -> None:
     names = [c.name for c in all_contenders()]
     assert names == ["limit", "shardbroker-epoll", "shardbroker-uring", "pyzmq", "staging",
-                     "nats"]
+                     "nats", "sink"]
     assert BACKENDS == ("epoll", "uring")
     assert ShardbrokerContender("turbo").name == "shardbroker-turbo"
 
 
 def test_everything_available_with_full_environment() -> None:
     assert {c.name: c.availability(FULL_ENV) for c in all_contenders()} == dict.fromkeys(
-        ["limit", "shardbroker-epoll", "shardbroker-uring", "pyzmq", "staging", "nats"])
+        ["limit", "shardbroker-epoll", "shardbroker-uring", "pyzmq", "staging", "nats", "sink"])
 
 
 def test_skip_reasons_say_how_to_enable() -> None:

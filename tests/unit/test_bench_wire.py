@@ -6,7 +6,13 @@ import struct
 
 import pytest
 
-from shardbroker.bench.wire import AckError, AckStream, ChunkBuilder, batches_per_chunk
+from shardbroker.bench.wire import (
+    AckError,
+    AckStream,
+    ChunkBuilder,
+    batches_per_chunk,
+    chunk_plan,
+)
 from shardbroker.publisher.batches import BatchGeometry, BatchTemplate
 from shardbroker.wire.protocol import (
     BATCH_HEADER_SIZE,
@@ -37,9 +43,22 @@ def test_chunk_is_back_to_back_wire_batches() -> None:
 
 
 def test_batches_per_chunk() -> None:
+    # about 1 MiB of consecutive batches per send, at least one
     assert batches_per_chunk(2 << 20) == 1
-    assert batches_per_chunk(64 << 10) == 3
-    assert batches_per_chunk(4 << 10) == 62
+    assert batches_per_chunk(64 << 10) == 15
+    assert batches_per_chunk(4 << 10) == 248
+    assert batches_per_chunk(4 << 10, target_bytes=256 << 10) == 62
+
+
+def test_chunk_plan_is_bounded_by_the_window() -> None:
+    assert chunk_plan(4 << 10, 64 << 20) == (248, 16384)
+    assert chunk_plan(64 << 10, 64 << 20) == (15, 1024)
+    assert chunk_plan(2 << 20, 64 << 20) == (1, 32)
+    # a small window: at most half of it per send, so acks can come back for one send
+    # while the next is on its way
+    assert chunk_plan(4 << 10, 256 << 10) == (32, 64)
+    # a window below two batches still allows two
+    assert chunk_plan(2 << 20, 1 << 20) == (1, 2)
 
 
 def test_ack_stream_byte_at_a_time() -> None:

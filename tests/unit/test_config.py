@@ -9,16 +9,28 @@ from shardbroker.errors import ConfigError
 
 
 @pytest.mark.parametrize("text, value", [
-    ("4096", 4096), ("64KiB", 64 << 10), ("2MiB", 2 << 20), ("1G", 1 << 30), (" 3 MB ", 3 << 20),
+    ("4096", 4096), ("64KiB", 64 << 10), ("2MiB", 2 << 20), ("1GiB", 1 << 30), ("2TiB", 2 << 40),
+    ("7B", 7), (" 3 MB ", 3 * 10**6), ("64kB", 64_000), ("1GB", 10**9), ("2TB", 2 * 10**12),
+    ("5mib", 5 << 20), ("5mb", 5 * 10**6),
 ])
-def test_parse_size(text: str, value: int) -> None:
+def test_parse_size_decimal_and_binary_units(text: str, value: int) -> None:
     assert config.parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "abc", "1.5MiB", "-3", "2 parsecs"])
+@pytest.mark.parametrize("text", ["", "abc", "1.5MiB", "-3", "2 parsecs", "3 PB"])
 def test_parse_size_rejects(text: str) -> None:
-    with pytest.raises(ConfigError, match="not a size"):
+    with pytest.raises(ConfigError, match="not a size") as err:
         config.parse_size(text)
+    assert "decimal kB, MB" in str(err.value) and "binary KiB, MiB" in str(err.value)
+
+
+@pytest.mark.parametrize("text, hint", [("1G", "1GB (1 x 10^9) or 1GiB (1 x 2^30)"),
+                                        ("512m", "512MB (512 x 10^6) or 512MiB (512 x 2^20)"),
+                                        ("4k", "4kB (4 x 10^3) or 4KiB (4 x 2^10)")])
+def test_parse_size_refuses_a_bare_prefix(text: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match="ambiguous") as err:
+        config.parse_size(text)
+    assert hint in str(err.value)
 
 
 def test_parse_hostport() -> None:

@@ -6,12 +6,14 @@ import json
 from typing import Any
 
 import pytest
+from rich.table import Table
 
 from shardbroker.control import endpoints, envelope
 from shardbroker.control.metrics import MetricsAggregator
 from shardbroker.control.top import render
 from shardbroker.errors import ConfigError
-from shardbroker.receiver.loop import hist_bucket, percentile
+from shardbroker.receiver.committer import hist_bucket
+from shardbroker.receiver.receiver import percentile
 
 
 def test_envelope_round_trip() -> None:
@@ -63,7 +65,7 @@ def test_runtime_dir_is_private(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) 
 def _snap(shard: int, pid: int, t: float, batches: int, recv: int, **kw: Any) -> dict[str, Any]:
     s = {"shard": shard, "pid": pid, "time": t, "bytes": batches * 100, "batches": batches,
          "messages": batches * 2, "recv_calls": recv, "wakeups": batches,
-         "recv_calls_hist": {"1": batches, "2": 0, "4": 0, "8": 0, "16": 0, "32": 0, "64+": 0},
+         "recv_calls_hist": {"1": batches, "2": 0, "4": 0, "8": 0, "16": 0, "32": 0, ">32": 0},
          "rejected": {}, "connections_open": 1, "rcvbuf_min": 10, "rcvbuf_max": 20,
          "cpu_user_s": 0.5, "cpu_sys_s": 0.5, "rss_bytes": 1000}
     s.update(kw)
@@ -101,8 +103,10 @@ def test_top_renders_every_shard_and_total() -> None:
     agg = MetricsAggregator()
     agg.update(_snap(0, 100, 1.0, 10, 30))
     agg.update(_snap(1, 101, 1.0, 10, 20))
-    table = render(agg.report())
+    table = render(agg.report()).renderables[0]
+    assert isinstance(table, Table)
     assert table.row_count == 3
+    assert [c.header for c in table.columns][:2] == ["shard", "conn"]
 
 
 def test_grafana_dashboard_plots_exported_series() -> None:

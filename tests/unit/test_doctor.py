@@ -55,3 +55,30 @@ def test_numa_findings_fail_on_misplaced_receiver() -> None:
     rep = doctor.report(list(found.values()))
     assert rep["ok"] is False
     assert "FAIL" in doctor.render(rep)
+
+
+def test_each_buffer_limit_names_the_buffer_it_caps() -> None:
+    low = {"net.core.rmem_max": "212992", "net.core.wmem_max": "212992"}
+    found = {f.check: f for f in doctor.check_kernel_buffers(low.get)}
+    assert "SO_RCVBUF" in found["a.net.core.rmem_max"].evidence
+    wmem = found["a.net.core.wmem_max"].evidence
+    assert "SO_SNDBUF" in wmem and "send buffer" in wmem and "SO_RCVBUF" not in wmem
+
+
+def test_syscall_bound_fixes_put_uring_last_as_an_experiment() -> None:
+    fixes = doctor.classify_receive(16.0, 4.0, lowat_cap=0, backend="epoll").fix.split("; ")
+    assert "rcvlowat_cap" in fixes[0]
+    assert any("larger batches" in f for f in fixes)
+    assert any("more receivers" in f for f in fixes)
+    assert "uring" in fixes[-1] and "experiment" in fixes[-1]
+    assert not any("uring" in f for f in fixes[:-1])
+    # with the cap already set and io_uring running, neither is suggested again
+    tuned = doctor.classify_receive(16.0, 4.0, lowat_cap=1 << 20, backend="uring").fix
+    assert "rcvlowat_cap" not in tuned and "uring" not in tuned
+
+
+def test_render_puts_each_fix_on_its_own_line() -> None:
+    rep = doctor.report([doctor.classify_receive(16.0, 4.0, lowat_cap=0, backend="epoll")])
+    lines = doctor.render(rep).splitlines()
+    assert lines[1].lstrip().startswith("fix: set socket.rcvlowat_cap")
+    assert len(lines) == 1 + len(rep["findings"][0]["fix"].split("; "))

@@ -1,4 +1,5 @@
-"""The wire protocol, pure: whole inputs, one byte at a time, trailing bytes, every reason."""
+"""The wire protocol, pure: layouts, encoders and validators. The stream parser that runs in
+production (receiver/session.py) is tested whole, bytewise and split in test_session.py."""
 
 from __future__ import annotations
 
@@ -7,31 +8,6 @@ import struct
 import pytest
 
 from shardbroker.wire import protocol as p
-
-
-def _stream(batches: list[tuple[int, list[bytes]]], client_id: int = 7) -> bytes:
-    out = p.encode_handshake(p.Handshake(client_id=client_id, ack=1, port=0, topic="orders"))
-    for seq, msgs in batches:
-        payload = p.encode_messages(msgs, client_id, seq)
-        out += p.encode_batch_header(p.BatchHeader(seq, client_id, len(msgs), len(payload)))
-        out += payload
-    return out
-
-
-def _collect(dec: p.Decoder, chunks: list[bytes]) -> tuple[list[object], bytes]:
-    events: list[object] = []
-    payload = bytearray()
-    for chunk in chunks:
-        dec.feed(chunk)
-        for ev in dec.events():
-            if isinstance(ev, p.PayloadEvent):
-                payload += ev.data
-            elif not isinstance(ev, p.NeedMore):
-                events.append(ev)
-    return events, bytes(payload)
-
-
-BATCHES = [(0, [b"a" * 10, b"bb" * 40]), (1, [b"x" * 1000]), (2, [b""] * 3)]
 
 
 def test_sizes_match_embarcadero() -> None:
@@ -48,48 +24,6 @@ def test_batch_header_field_offsets() -> None:
     assert struct.unpack_from("<I", raw, 28)[0] == 5
     assert struct.unpack_from("<Q", raw, 64)[0] == 0x4455
     assert struct.unpack_from("<Q", raw, 104)[0] == p.UINT64_MAX
-
-
-@pytest.mark.parametrize("mode", ["whole", "bytewise", "trailing"])
-def test_decoder_streams(mode: str) -> None:
-    data = _stream(BATCHES)
-    expected_payload = b"".join(p.encode_messages(m, 7, s) for s, m in BATCHES)
-    if mode == "whole":
-        chunks = [data]
-    elif mode == "bytewise":
-        chunks = [data[i:i + 1] for i in range(len(data))]
-    else:  # a complete stream followed by the first bytes of another header
-        chunks = [data + b"\x05\x00\x00"]
-    dec = p.Decoder()
-    events, payload = _collect(dec, chunks)
-    assert isinstance(events[0], p.HandshakeEvent)
-    assert events[0].handshake.topic == "orders"
-    headers = [e for e in events if isinstance(e, p.BatchHeaderEvent)]
-    assert [h.header.batch_seq for h in headers] == [0, 1, 2]
-    assert [h.header.num_msg for h in headers] == [2, 1, 3]
-    assert payload == expected_payload
-    if mode == "trailing":
-        with pytest.raises(p.ProtocolError) as err:
-            dec.close()
-        assert err.value.reason == p.Reason.PEER_CLOSED_MID_BATCH
-    else:
-        dec.close()  # clean end at a batch boundary
-
-
-def test_decoder_reports_need_more() -> None:
-    dec = p.Decoder()
-    dec.feed(b"\0" * 10)
-    (ev,) = list(dec.events())
-    assert isinstance(ev, p.NeedMore) and ev.want == 54
-
-
-def test_decoder_close_mid_handshake() -> None:
-    dec = p.Decoder()
-    dec.feed(b"\0" * 10)
-    list(dec.events())
-    with pytest.raises(p.ProtocolError) as err:
-        dec.close()
-    assert err.value.reason == p.Reason.PEER_CLOSED_MID_HANDSHAKE
 
 
 def _handshake_bytes(**kw: object) -> bytes:
@@ -109,13 +43,9 @@ def _handshake_bytes(**kw: object) -> bytes:
     ({"topic": b"bad\x01name\0"}, p.Reason.HANDSHAKE_TOPIC_NOT_PRINTABLE),
 ])
 def test_handshake_violations(fields: dict[str, object], reason: p.Reason) -> None:
-    dec = p.Decoder()
-    dec.feed(_handshake_bytes(**fields))
     with pytest.raises(p.ProtocolError) as err:
-        list(dec.events())
+        p.parse_handshake(_handshake_bytes(**fields))
     assert err.value.reason == reason
-    with pytest.raises(p.ProtocolError):  # the decoder stays dead
-        dec.feed(b"more")
 
 
 @pytest.mark.parametrize("hdr, reason", [
@@ -131,10 +61,8 @@ def test_batch_header_violations(hdr: dict[str, int], reason: p.Reason) -> None:
     f = dict(batch_seq=0, client_id=7, num_msg=1, total_size=128)
     f.update(hdr)
     raw = p.encode_batch_header(p.BatchHeader(**f))
-    dec = p.Decoder(limits)
-    dec.feed(_handshake_bytes() + raw)
     with pytest.raises(p.ProtocolError) as err:
-        list(dec.events())
+        p.decode_batch_header(raw, 7, limits)
     assert err.value.reason == reason
 
 

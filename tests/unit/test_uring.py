@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import pytest
 
 from shardbroker.platform import uring as u
-from shardbroker.receiver.uring_loop import SEG_TAIL, plan_segments
 
 PROBE = u.probe_ring()
 needs_uring = pytest.mark.skipif(not PROBE.ok, reason=f"io_uring unavailable: {PROBE.reason}")
@@ -245,29 +244,3 @@ def test_buffer_address_leaves_no_export() -> None:
     assert addr == u.buffer_address(mm) + 100
     assert ctypes.c_char.from_address(addr).value == b"\0"
     mm.close()  # BufferError here would mean an export was left behind
-
-
-# --------------------------------------------------------------------------- segment plan
-
-
-@pytest.mark.parametrize("left", [1, 1000, 2 * SEG_TAIL - 1, 2 * SEG_TAIL, 300 << 10, 1 << 20,
-                                  (2 << 20) + 12345, 2 << 20, 16 << 20])
-@pytest.mark.parametrize("cap", [0, 64 << 10, 1 << 20, 4 << 20])
-def test_segments_cover_the_payload_and_never_wait_for_missing_bytes(left: int,
-                                                                     cap: int) -> None:
-    segs = plan_segments(left, cap)
-    assert sum(n for n, _ in segs) == left and all(n > 0 for n, _ in segs)
-    assert segs[-1][1] == 1  # the next header is received with lowat 1
-    after = left
-    for n, lowat in segs:
-        after -= n
-        assert lowat <= max(1, after), (segs, n, lowat)  # satisfiable by the rest alone
-        assert lowat <= max(cap, 1)
-    assert len(segs) <= 8
-
-
-def test_segments_shape_for_2mib() -> None:
-    assert plan_segments(2 << 20, 1 << 20) == [
-        (1 << 20, 1 << 20), (512 << 10, 512 << 10), (256 << 10, 256 << 10),
-        (128 << 10, 128 << 10), (128 << 10, 1)]
-    assert plan_segments(2 << 20, 0) == [(2 << 20, 1)]  # socket.rcvlowat_cap = 0: no lowat

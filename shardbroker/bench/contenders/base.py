@@ -65,6 +65,13 @@ class Contender(ABC):
     name: str = ""
     description: str = ""
     acks: bool = False  # has a per-batch acknowledgement path (S5)
+    # The name a scenario's contender list knows it by: a baseline copy of a contender (an
+    # older checkout's broker) takes part wherever the original does.
+    listed_as: str = ""
+
+    @property
+    def scenario_name(self) -> str:
+        return self.listed_as or self.name
 
     def availability(self, env: Environment) -> str | None:
         """None when it can run here, else a one-line reason saying how to enable it."""

@@ -61,11 +61,11 @@ class ShardbrokerContender(Contender):
         return None
 
     def broker_args(self, sc: Scenario, ctx: RunContext, segment: str) -> list[str]:
-        args = ["--listen", "127.0.0.1:0", "--threads", str(sc.receivers), "--segment", segment,
-                "--blog-size", BLOG_BYTES, "--log-level", "warning"]
-        if "--backend" in ctx.env.run_help:
-            args += ["--backend", self.backend]
-        return args
+        return broker_args(self.backend, sc.receivers, segment, ctx.env.run_help)
+
+    def new_broker(self, args: list[str], stderr: int) -> BrokerProcess:
+        """The broker process to start (a baseline contender runs another interpreter)."""
+        return BrokerProcess(args, ready_timeout_s=60, stderr=stderr)
 
     def run(self, sc: Scenario, ctx: RunContext) -> RunResult:
         res = self.new_result(sc, ctx)
@@ -78,8 +78,7 @@ class ShardbrokerContender(Contender):
 
     def _run(self, sc: Scenario, ctx: RunContext, res: RunResult, stderr: int) -> None:
         segment = f"shardbroker-bench-{os.getpid()}-{os.urandom(3).hex()}"
-        broker = BrokerProcess(self.broker_args(sc, ctx, segment), ready_timeout_s=60,
-                               stderr=stderr)
+        broker = self.new_broker(self.broker_args(sc, ctx, segment), stderr)
         ws = WorkerSet()
         try:
             broker.start()
@@ -88,7 +87,7 @@ class ShardbrokerContender(Contender):
                 raise RunFailed(f"asked for the {self.backend} backend, broker runs {got}")
             res.extra["receiver_cpus"] = [r.get("cpu")
                                           for r in broker.ready.get("receivers", [])]
-            rx = broker.receiver_pids()
+            rx = broker.receiver_pids() or [broker.pid]  # an older broker may not list them
             ws.start(*sender_plan(sc, ctx, broker.host, broker.port))
             ws.wait_ready()
             sums, use, rss, _ = measured_run(ws, rx, ctx.timeout_s)
@@ -112,6 +111,16 @@ class ShardbrokerContender(Contender):
             broker.stop(timeout_s=15)
             with contextlib.suppress(posix_ipc.ExistentialError):
                 posix_ipc.unlink_shared_memory("/" + segment)
+
+
+def broker_args(backend: str, receivers: int, segment: str, run_help: str) -> list[str]:
+    """``shardbroker run`` arguments; ``--backend`` only where this checkout's broker offers
+    it (``run_help``), so a broker from before the flag still runs as epoll."""
+    args = ["--listen", "127.0.0.1:0", "--threads", str(receivers), "--segment", segment,
+            "--blog-size", BLOG_BYTES, "--log-level", "warning"]
+    if "--backend" in run_help:
+        args += ["--backend", backend]
+    return args
 
 
 def sender_plan(sc: Scenario, ctx: RunContext, host: str, port: int | list[int]

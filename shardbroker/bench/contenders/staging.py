@@ -27,7 +27,7 @@ from shardbroker.bench.contenders.base import (
 )
 from shardbroker.bench.contenders.shardbroker import latency_fields, sender_plan
 from shardbroker.bench.measure import SelfUsage
-from shardbroker.bench.procs import Ring, WorkerSet, pin_self
+from shardbroker.bench.procs import Ring, WorkerFn, WorkerSet, pin_self
 from shardbroker.bench.result import RunFailed, RunResult
 from shardbroker.bench.scenarios import Scenario
 from shardbroker.publisher.batches import BatchGeometry, BatchTemplate
@@ -183,13 +183,25 @@ def connections_per_receiver(publishers: int, receivers: int) -> list[int]:
 def run_ack_receivers(res: RunResult, sc: Scenario, ctx: RunContext, floor: bool) -> RunResult:
     """Baseline receiver processes that speak the publish protocol and ack every batch, fed
     by the same senders as the broker. ``floor``: recv_into straight into the ring."""
+    return run_receiver_procs(res, sc, ctx, receiver, lambda conns, cpu, q: RxParams(
+        conns, cpu, sc.message_size, q, floor=floor))
+
+
+# (connections, cpu, port queue) -> the worker's params
+MakeParams = Callable[[int, int | None, Any], Any]
+
+
+def run_receiver_procs(res: RunResult, sc: Scenario, ctx: RunContext, worker: WorkerFn,
+                       make_params: MakeParams) -> RunResult:
+    """One receiver process per receiver of ``sc`` (``worker``, pinned like the broker's),
+    fed by the bench's protocol senders. Each receiver reports batches, bytes, recv_calls
+    and, where it samples payloads, sampled/bad; a run whose counts differ fails."""
     rx, tx = WorkerSet(), WorkerSet()
     try:
         q = rx.ctx.Queue()
         conns = connections_per_receiver(sc.publishers, sc.receivers)
-        rx.start(receiver, [RxParams(conns[r], ctx.plan.receiver_cpu(r), sc.message_size, q,
-                                     floor=floor)
-                            for r in range(sc.receivers)])
+        rx.start(worker, [make_params(conns[r], ctx.plan.receiver_cpu(r), q)
+                          for r in range(sc.receivers)])
         rx.wait_ready()
         rx.go()
         ports = receiver_ports(rx, q, sc.receivers)
@@ -206,8 +218,8 @@ def run_ack_receivers(res: RunResult, sc: Scenario, ctx: RunContext, floor: bool
         res.recv_calls = sum(int(r["recv_calls"]) for r in rsums)
         require_data(res, datacheck.counts_check(
             res.batches, sum(int(r["batches"]) for r in rsums), res.bytes,
-            sum(int(r["bytes"]) for r in rsums), sum(int(r["sampled"]) for r in rsums),
-            sum(int(r["bad"]) for r in rsums)))
+            sum(int(r["bytes"]) for r in rsums), sum(int(r.get("sampled", 0)) for r in rsums),
+            sum(int(r.get("bad", 0)) for r in rsums)))
     except (RunFailed, OSError, ValueError) as exc:
         res.fail(str(exc))
     finally:
