@@ -2,9 +2,9 @@
 
 Per readable connection it reads until the socket is drained: into the hot read-ahead buffer
 (many small batches per call) or, for a large payload, straight into its BLog reservation,
-with the payload's tail and the next headers in one ``recvmsg_into`` (scatter). A read that
-returns less than asked means the queue is empty: the loop stops there instead of paying one
-more call for EAGAIN (level-triggered epoll reports the socket again if more arrives).
+with the payload's tail and the next header in one ``recvmsg_into`` (scatter). A read-ahead
+read that returns less than asked means the queue is empty: the loop stops there instead of
+paying one more call for EAGAIN (level-triggered epoll reports the socket again).
 SO_RCVLOWAT is re-armed only when the loop is about to wait: to the bytes the batch in hand
 still needs (capped), so a wakeup comes when the batch can complete.
 """
@@ -17,6 +17,7 @@ import socket
 
 from shardbroker.receiver.connection import Connection
 from shardbroker.receiver.receiver import RESET_ERRNOS, Receiver
+from shardbroker.receiver.session import PHASE_DIRECT
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -140,11 +141,12 @@ class EpollBackend:
         budget = DRAIN_BUDGET
         while budget > 0:
             buf = s.next_buffer()
-            spill = s.spill_buffer()
-            direct = spill is not None or s.target is not None
             want = len(buf)
+            direct = s.phase == PHASE_DIRECT
             try:
-                if spill is not None and want <= SCATTER_MAX:
+                spill = s.spill_buffer() if direct and want <= SCATTER_MAX else None
+                if spill is not None:
+                    # the payload's tail and the next batch header in one call
                     want += len(spill)
                     n = sock.recvmsg_into([buf, spill])[0]
                 else:
@@ -167,8 +169,10 @@ class EpollBackend:
                 return
             if not rx.received(conn, n):
                 return  # closed, parked or handed over
-            if n < want:
-                break  # drained: epoll reports the socket again when more arrives
+            if n < want and not direct:
+                # drained: epoll reports the socket again when more arrives (a large payload
+                # streams in meanwhile, so there one more read usually beats a wakeup)
+                break
             budget -= n
         rx.rearm_lowat(conn)
 

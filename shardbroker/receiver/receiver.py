@@ -303,7 +303,7 @@ class Receiver:
             return False
         if self.committer.lapped:
             self._reject_lapped()
-        if not self.owns(conn) or s.parked:
+        if self.conns.get(conn.fd) is not conn or s.parked:
             return False
         if (conn.closing or conn.moving) and s.at_boundary:
             return self._at_boundary(conn)

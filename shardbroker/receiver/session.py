@@ -137,11 +137,13 @@ class Session:
         return self.hv[self.fill:]
 
     def spill_buffer(self) -> memoryview | None:
-        """Direct phase: a second scatter target for bytes past the payload (the next batch
-        headers), or None where the driver must read the payload alone."""
+        """Direct phase: a second scatter target for the bytes past the payload, or None where
+        the driver must read the payload alone. One batch header: after a large batch the next
+        is likely large too, and payload bytes read here would cost a memmove into the BLog
+        (a small next batch comes with the following read-ahead)."""
         if self.phase != PHASE_DIRECT or self.exact:
             return None
-        return self.hv  # the hot buffer is empty during the direct phase
+        return self.hv[:BATCH_HEADER_SIZE]  # the hot buffer is empty during the direct phase
 
     def advance(self, n: int) -> int:
         """``n`` bytes arrived in ``next_buffer()`` (and, past it, in ``spill_buffer()``)."""
@@ -426,7 +428,7 @@ class Session:
         self.duplicate = seq < self.dedupe_below
         blog_abs = c.writer.reserve_abs(size)
         c.check_laps()
-        c.writer.publish()  # the new head shows at once: this payload may take a while
+        c.writer.publish_head()  # it shows at once: this payload may take a while
         self.res_abs = blog_abs
         w = c.writer
         at = w.blog_off + blog_abs % w.blog_bytes

@@ -177,13 +177,18 @@ SLOT_BLOG_ABS = 112
 SLOT_TOPIC_INDEX = 120
 SLOT_EXT = struct.Struct("<QI4x")
 # The whole 128-byte slot in one store: the BatchHeader fields, then blog_abs and topic_index.
-SLOT = struct.Struct("<QQIIIIIIHHIQQQQQQQQQI4x")
+# Fields this broker always leaves 0 (ordered, flags, epoch_created, session_epoch32,
+# total_order, batch_off_to_export) are pad bytes, which pack as zeros: fewer arguments on
+# the per-batch path. Values: batch_seq, original_client_batch_seq, client_id, num_msg,
+# batch_complete, broker_id, session_epoch, batch_id, pbr_absolute_index, total_size,
+# start_logical_offset, log_idx, publish_commit, blog_abs, topic_index.
+SLOT = struct.Struct("<QQIIII8x2xH4xQQQQQ16xQQI4x")
 # Positions in SLOT.unpack_from's tuple of the fields a re-attaching writer reads.
 SLOT_F_NUM_MSG = 3
-SLOT_F_SIZE = 13
-SLOT_F_LOGICAL = 14
-SLOT_F_COMMIT = 18
-SLOT_F_BLOG_ABS = 19
+SLOT_F_SIZE = 9
+SLOT_F_LOGICAL = 10
+SLOT_F_COMMIT = 12
+SLOT_F_BLOG_ABS = 13
 # Shard header pbr_committed, blog_head, blog_reclaim, messages, bytes: one store at 32.
 HEADER_COUNTERS = struct.Struct("<QQQQQ")
 SLOT_PUBLISH_COMMIT = 104

@@ -63,6 +63,7 @@ class ShardWriter:
         g = m.geometry
         self.shard = shard
         self.broker_id = broker_id
+        self.batch_id_base = broker_id << 48  # batch_id = (broker_id << 48) | pbr index
         self.buf = m.buf
         self.geometry = g
         self.base = g.shard_base(shard)
@@ -168,9 +169,9 @@ class ShardWriter:
         U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, UINT64_MAX)
         # 2. the whole slot, batch_complete = 1 but publish_commit still UINT64_MAX
         SLOT.pack_into(
-            buf, off, batch_seq, orig_seq, client_id, num_msg, 1, self.broker_id, 0, 0, 0,
-            session_epoch, 0, (self.broker_id << 48) | idx, idx, size, self.messages,
-            self.blog_off + blog_abs % self.blog_bytes, 0, 0, UINT64_MAX, blog_abs, topic_idx)
+            buf, off, batch_seq, orig_seq, client_id, num_msg, 1, self.broker_id,
+            session_epoch, self.batch_id_base | idx, idx, size, self.messages,
+            self.blog_off + blog_abs % self.blog_bytes, UINT64_MAX, blog_abs, topic_idx)
         # 3. publish_commit last (x86: stores become visible in program order)
         U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, idx)
         self.next_index = idx + 1
@@ -199,13 +200,17 @@ class ShardWriter:
         off = self.pbr_off + (idx % self.slots) * BATCH_HEADER_SIZE
         U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, UINT64_MAX)
         SLOT.pack_into(
-            buf, off, batch_seq, orig_seq, client_id, num_msg, 1, self.broker_id, 0, 0, 0,
-            session_epoch, 0, (self.broker_id << 48) | idx, idx, size, self.messages, at,
-            0, 0, UINT64_MAX, start, topic_idx)
+            buf, off, batch_seq, orig_seq, client_id, num_msg, 1, self.broker_id,
+            session_epoch, self.batch_id_base | idx, idx, size, self.messages, at,
+            UINT64_MAX, start, topic_idx)
         U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, idx)
         self.next_index = idx + 1
         self.messages += num_msg
         self.bytes += size
+
+    def publish_head(self) -> None:
+        """Only the BLog head, for a reservation whose batch will take a while to arrive."""
+        U64.pack_into(self.buf, self.base + SH_BLOG_HEAD, self.head)
 
     def publish(self) -> None:
         """Bring the shard header's counters up to the slots committed so far and wake
