@@ -32,6 +32,26 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="shardbroker",
@@ -116,8 +136,10 @@ def _build_parser() -> argparse.ArgumentParser:
                                       "acked message as a named consumer (the broker keeps "
                                       "each batch until it is checked), print a summary that "
                                       "ends with an OK or FAILED line.")
-    demo.add_argument("--duration", type=float, default=10.0)
-    demo.add_argument("--connections", type=int, default=4)
+    demo.add_argument("--duration", type=_positive_float, default=10.0,
+                      help="seconds to publish for (default 10)")
+    demo.add_argument("--connections", type=_positive_int, default=4,
+                      help="publisher processes (default 4)")
     demo.add_argument("--threads", type=int, default=0, help="receivers (0: one per CPU)")
     demo.add_argument("--batch-size", type=_size, default=2 << 20)
     demo.add_argument("--message-size", type=_size, default=1024)

@@ -280,3 +280,11 @@ def test_readme_reader_snippet_runs(segment_name: str,
     finally:
         m.close()
     assert capsys.readouterr().out.splitlines()[0].startswith("1 11 0 orders")
+
+
+@pytest.mark.parametrize("args", [["--duration", "-1"], ["--duration", "0"],
+                                  ["--connections", "0"], ["--duration", "soon"]])
+def test_demo_refuses_a_run_that_could_prove_nothing(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as err:
+        cli._build_parser().parse_args(["demo", *args])
+    assert err.value.code == 2
