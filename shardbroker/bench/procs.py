@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import posix_ipc
@@ -159,6 +159,17 @@ def pinned(cmd: Sequence[str], cpus: Sequence[int] | None) -> list[str]:
 def pin_self(cpu: int | None) -> None:
     if cpu is not None:
         linux.pin_to_cpu(cpu)
+
+
+@contextlib.contextmanager
+def announced_listener(ports: Any, index: int) -> Iterator[socket.socket]:
+    """A loopback listener on a free port, announced on ``ports`` as (index, port) so the
+    parent can point senders at it; closed on exit."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(64)
+        ports.put((index, lsock.getsockname()[1]))
+        yield lsock
 
 
 def free_port(host: str = "127.0.0.1") -> int:

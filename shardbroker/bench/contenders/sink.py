@@ -21,7 +21,7 @@ from typing import Any
 from shardbroker.bench.contenders.base import Contender, RunContext
 from shardbroker.bench.contenders.staging import run_receiver_procs
 from shardbroker.bench.measure import SelfUsage
-from shardbroker.bench.procs import pin_self
+from shardbroker.bench.procs import announced_listener, pin_self
 from shardbroker.bench.result import RunResult
 from shardbroker.bench.scenarios import SENDER_CEILING, Scenario
 from shardbroker.bench.wire import StreamCounter
@@ -88,10 +88,7 @@ def _serve_all(lsock: socket.socket, count: int, read_bytes: int) -> list[SinkCo
 
 def receiver(index: int, p: SinkParams, arm: Callable[[], None]) -> dict[str, Any]:
     pin_self(p.cpu)
-    with socket.socket() as lsock:
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(64)
-        p.ports.put((index, lsock.getsockname()[1]))
+    with announced_listener(p.ports, index) as lsock:
         arm()
         u0 = SelfUsage.now()
         lsock.settimeout(60)

@@ -27,7 +27,7 @@ from shardbroker.bench.contenders.base import (
 )
 from shardbroker.bench.contenders.shardbroker import latency_fields, sender_plan
 from shardbroker.bench.measure import SelfUsage
-from shardbroker.bench.procs import Ring, WorkerFn, WorkerSet, pin_self
+from shardbroker.bench.procs import Ring, WorkerFn, WorkerSet, announced_listener, pin_self
 from shardbroker.bench.result import RunFailed, RunResult
 from shardbroker.bench.scenarios import Scenario
 from shardbroker.publisher.batches import BatchGeometry, BatchTemplate
@@ -129,31 +129,27 @@ def _serve(conn: socket.socket, view: memoryview, base: int, size: int, message_
 def receiver(index: int, p: RxParams, arm: Callable[[], None]) -> dict[str, Any]:
     pin_self(p.cpu)
     ring = Ring(p.ring_bytes)
-    lsock = socket.socket()
     try:
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(64)
-        p.ports.put((index, lsock.getsockname()[1]))
-        arm()
-        u0 = SelfUsage.now()
-        lsock.settimeout(60)
-        stats = [_Conn() for _ in range(p.connections)]
-        region = ring.size // p.connections
-        threads = []
-        for i in range(p.connections):
-            conn, _ = lsock.accept()
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # acks go out at once
-            t = threading.Thread(target=_serve, args=(conn, ring.view, i * region, region,
-                                                      p.message_size, stats[i], p.floor),
-                                 daemon=True)
-            t.start()
-            threads.append(t)
-        for t in threads:
-            t.join()
-        used = SelfUsage.now().since(u0)
+        with announced_listener(p.ports, index) as lsock:
+            arm()
+            u0 = SelfUsage.now()
+            lsock.settimeout(60)
+            stats = [_Conn() for _ in range(p.connections)]
+            region = ring.size // p.connections
+            threads = []
+            for i in range(p.connections):
+                conn, _ = lsock.accept()
+                conn.settimeout(None)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # acks go out at once
+                t = threading.Thread(target=_serve, args=(conn, ring.view, i * region, region,
+                                                          p.message_size, stats[i], p.floor),
+                                     daemon=True)
+                t.start()
+                threads.append(t)
+            for t in threads:
+                t.join()
+            used = SelfUsage.now().since(u0)
     finally:
-        lsock.close()
         ring.close()
     errors = [s.error for s in stats if s.error]
     return {"batches": sum(s.batches for s in stats), "bytes": sum(s.bytes for s in stats),
