@@ -71,7 +71,7 @@ store-release of the SQ tail (``stlr``) after writing SQEs, a load-acquire of th
 which plain Python stores cannot express; ``probe`` therefore reports io_uring unavailable on
 anything but x86-64, and the receiver falls back to epoll there.
 
-Nothing here logs or knows about connections: the receive loop (receiver/uring_loop.py) owns
+Nothing here logs or knows about connections: the io_uring driver (receiver/uring.py) owns
 the meaning of ``user_data``.
 """
 
