@@ -128,7 +128,7 @@ class Session:
         return False, self.fill, end - self.fill
 
     def next_buffer(self) -> memoryview:
-        """Where the next received bytes go (never empty while the connection is open)."""
+        """Where the next received bytes go (never empty unless the session is parked)."""
         if self.phase == PHASE_DIRECT:
             assert self.target is not None
             return self.target

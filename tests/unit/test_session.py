@@ -482,3 +482,22 @@ def test_buffer_grows_to_hold_a_batch_larger_than_it(rig: Rig) -> None:
     drive(s, data, list(range(0, len(data), 1000)))  # small reads: no "filled" growth
     assert s.cap >= len(body) + p.BATCH_HEADER_SIZE
     assert rig.committed() == [(0, body)]
+
+
+def test_feed_takes_bytes_from_a_drivers_own_buffers(rig: Rig) -> None:
+    """What an io_uring provided-buffer driver does: bytes arrive in its buffers, in pieces
+    unrelated to the batch boundaries, and are fed in."""
+    rng = random.Random(5)
+    pls = mixed_payloads(rng, 30)
+    data = stream(pls)
+    s = rig.session()
+    off, events = 0, 0
+    while off < len(data):
+        piece = data[off: off + rng.randint(1, 70_000)]
+        ev, taken = s.feed(piece)
+        assert taken == len(piece)  # never parked here: everything is taken
+        events |= ev
+        off += len(piece)
+    assert events & EV_HANDSHAKE and events & EV_ACK
+    assert rig.committed() == expected(pls)
+    assert s.acked == sum(n for n, _ in pls)
