@@ -134,7 +134,7 @@ class Receiver:
         """After every wait: parked connections look for room; every STATS_INTERVAL_S,
         timeouts, shard-header counters and metrics."""
         if self.committer.parked:
-            self.retry_parked(now)
+            self.retry_parked()
         if now < next_stats:
             return next_stats
         self.sweep_timeouts(now)
@@ -375,7 +375,7 @@ class Receiver:
         self.parks += 1
         self.backend.pause(conn)
 
-    def retry_parked(self, now: float) -> None:
+    def retry_parked(self) -> None:
         """Parked sessions, oldest first, continue while the consumers have made room."""
         for session in list(self.committer.parked):
             conn = self.by_session.get(session)
@@ -568,11 +568,23 @@ class Receiver:
 
     # ------------------------------------------------------------------ acks
 
-    def _send_acks(self, conn: Connection) -> None:
+    def _flush(self, conn: Connection) -> bool | None:
+        """Send what acks are pending: True when all went out, False when the socket is
+        full, None when sending failed (the connection is closed then)."""
         try:
-            done = conn.flush_acks()
+            return conn.flush_acks()
         except OSError as exc:
-            self._close(conn, f"ack.send_failed:{exc.strerror}")
+            if exc.errno in RESET_ERRNOS:
+                # the peer is gone: a reset seen while sending is the same close as one seen
+                # while reading (counted mid-batch if bytes of a batch are held)
+                self.peer_closed(conn)
+            else:
+                self._close(conn, f"ack.send_failed:{exc.strerror}")
+            return None
+
+    def _send_acks(self, conn: Connection) -> None:
+        done = self._flush(conn)
+        if done is None:
             return
         self.acks_sent += 1
         if not done:
@@ -580,11 +592,7 @@ class Receiver:
             self.backend.want_write(conn, True)
 
     def on_writable(self, conn: Connection) -> None:
-        try:
-            done = conn.flush_acks()
-        except OSError as exc:
-            self._close(conn, f"ack.send_failed:{exc.strerror}")
-            return
+        done = self._flush(conn)
         if done and conn.want_write:
             conn.want_write = False
             self.backend.want_write(conn, False)
