@@ -21,7 +21,7 @@ class Connection:
     __slots__ = (
         "sock", "fd", "peer", "session", "ack_sock", "out_partial", "out_latest", "sent",
         "want_write", "closing", "moving", "opened_at", "progress_mark", "idle_since",
-        "batch_mark", "lowat", "driver",
+        "batch_mark", "lowat", "driver", "ack_mark",
     )
 
     def __init__(self, sock: socket.socket, peer: str, session: Session) -> None:
@@ -42,6 +42,7 @@ class Connection:
         self.batch_mark: tuple[int, float] | None = None  # (batches, since) while mid-batch
         self.lowat = 1  # the kernel's default SO_RCVLOWAT
         self.driver: Any = None  # what the I/O driver keeps per connection
+        self.ack_mark = 0  # session.bytes_in when an ack count last went out (coalescing)
 
     @property
     def source(self) -> str:

@@ -127,6 +127,8 @@ class EpollBackend:
                 owner = self.ack_owner.get(fd)
                 if owner is not None:
                     rx.on_writable(owner)
+        if rx.acks_due:
+            rx.flush_due_acks()
 
     def close(self) -> None:
         self.ep.close()

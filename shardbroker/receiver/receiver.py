@@ -31,6 +31,9 @@ from shardbroker.receiver.session import EV_ACK, EV_HANDSHAKE, EV_PARKED, Sessio
 from shardbroker.segment.writer import ShardWriter
 from shardbroker.wire.protocol import Limits, ProtocolError, Reason, encode_control_frame
 
+# Acks are cumulative: within one driver pass a connection's count goes out once per this many
+# of its bytes, and whatever is left when the pass ends (a send costs as much as a read).
+ACK_EVERY_BYTES = 1 << 20
 STATS_INTERVAL_S = 0.5  # shard-header counters (read by dump, demo, tests)
 BLOCK_RECHECK_S = 0.001  # retention `block`: how often parked connections look for room
 RESET_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH)
@@ -62,6 +65,7 @@ class Receiver:
         self.direct_min = cfg.socket.direct_min
         self.lowat_cap = cfg.socket.rcvlowat_cap
         self.conns: dict[int, Connection] = {}
+        self.acks_due: dict[Connection, None] = {}  # counts held back until the pass ends
         self.by_session: dict[Session, Connection] = {}
         self.stopping = False
         self.stop_deadline = 0.0
@@ -295,7 +299,11 @@ class Receiver:
                 if ev & EV_ACK:
                     conn.queue_ack()
                     if not conn.want_write:
-                        self._send_acks(conn)
+                        if (s.bytes_in - conn.ack_mark >= ACK_EVERY_BYTES or conn.closing
+                                or conn.moving):
+                            self._send_acks(conn)
+                        else:  # more reads may follow in this pass: one count for them all
+                            self.acks_due[conn] = None
                 if ev & EV_PARKED:
                     self._on_parked(conn)
         except ProtocolError as exc:
@@ -536,6 +544,8 @@ class Receiver:
                          detail=detail, batches=conn.session.batches)
         target = conn.ack_sock if conn.ack_sock is not None else conn.sock
         try:
+            if conn.out_latest is not None:
+                conn.flush_acks()  # what was committed before the violation, counted first
             if conn.out_partial:
                 target.send(conn.out_partial)
             target.send(encode_control_frame(f"{reason}: {detail}"))
@@ -582,7 +592,17 @@ class Receiver:
                 self._close(conn, f"ack.send_failed:{exc.strerror}")
             return None
 
+    def flush_due_acks(self) -> None:
+        """The driver's pass ended: the counts held back within it go out now, so an ack
+        waits for at most one pass (or ACK_EVERY_BYTES of the connection's bytes)."""
+        due = self.acks_due
+        self.acks_due = {}
+        for conn in due:
+            if not conn.want_write and self.owns(conn):
+                self._send_acks(conn)
+
     def _send_acks(self, conn: Connection) -> None:
+        conn.ack_mark = conn.session.bytes_in
         done = self._flush(conn)
         if done is None:
             return

@@ -314,6 +314,29 @@ class Session:
         messages = 0
         nbytes = 0
         ev = 0
+        if not (blocking or validate or in_flight or self.parked):
+            # The common case: walk the whole small batches in hand, then commit them as one
+            # run (one copy, slots stored together). Whatever stops the walk (a batch not yet
+            # whole, a large one, a bad header, a resent duplicate) is left to the loop below.
+            run: list[tuple[int, int, int, int, int, int]] = []
+            direct_min = self.direct_min
+            p = pos
+            while fill - p >= BATCH_HEADER_SIZE:
+                h = unpack(hot, p)
+                seq, orig, client, num_msg, epoch, size = h
+                end = p + BATCH_HEADER_SIZE + size
+                if (end > fill or not (0 < size < direct_min and 0 < num_msg <= max_msgs)
+                        or size < num_msg * MESSAGE_HEADER_SIZE or client != cid
+                        or seq < dedupe_below):
+                    break
+                run.append(h)
+                messages += num_msg
+                nbytes += size
+                p = end
+            if run:
+                w.append_run(hv, pos, p, run, topic)
+                committed = len(run)
+                pos = p
         while fill - pos >= BATCH_HEADER_SIZE:
             seq, orig, client, num_msg, epoch, size = unpack(hot, pos)
             if not (0 < size <= max_bytes and 0 < num_msg <= max_msgs

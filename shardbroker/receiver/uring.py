@@ -233,6 +233,8 @@ class UringBackend:
                 self.listen_armed = False
                 if rx.listener is not None:
                     rx.accept()
+        if rx.acks_due:
+            rx.flush_due_acks()
 
     def close(self) -> None:
         """Reap every operation still in flight, so the kernel no longer holds our sockets or

@@ -11,6 +11,9 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from shardbroker.errors import PlatformError, SegmentError
 from shardbroker.platform import linux
@@ -207,6 +210,76 @@ class ShardWriter:
         self.next_index = idx + 1
         self.messages += num_msg
         self.bytes += size
+
+    def append_run(self, stream: memoryview, start: int, end: int,
+                   headers: list[tuple[int, int, int, int, int, int]], topic_idx: int) -> None:
+        """Commit a run of whole batches as they arrived on one connection, with one copy.
+
+        ``stream[start:end]`` holds ``len(headers)`` consecutive batches in wire order (a
+        ``BATCH_HEADER_SIZE``-byte wire header, then its payload); ``headers`` are the wire
+        headers unpacked as (batch_seq, original_seq, client_id, num_msg, session_epoch,
+        total_size). The whole run is copied into the BLog in one move, so each payload lands
+        ``BATCH_HEADER_SIZE`` bytes after the previous one ends: the wire headers stay in the
+        BLog as gaps no slot points at (1.6 % of a 4 KiB batch), and one large copy costs
+        about half as much per byte as a copy per batch. Same preconditions as ``append``.
+        Stores, in the commit protocol's order: reclaim, payload bytes, every slot
+        invalidated, every slot's fields, every slot's publish_commit."""
+        run = end - start
+        head = self.head
+        blog = self.blog_bytes
+        off_in = head % blog
+        first = head if off_in + run <= blog else head + blog - off_in
+        last = first + run
+        buf = self.buf
+        if last - blog > self.reclaim:
+            self.reclaim = last - blog
+            U64.pack_into(buf, self.base + SH_BLOG_RECLAIM, last - blog)
+        self.head = last
+        at = self.blog_off + first % blog
+        buf[at: at + run] = stream[start:end]
+        idx0 = self.next_index
+        n = len(headers)
+        commits = self._commit_words(idx0, n)
+        for part in commits:
+            part[:] = UINT64_MAX
+        # payload i lies BATCH_HEADER_SIZE after the end of payload i - 1 (its wire header)
+        shift = BATCH_HEADER_SIZE - start  # stream offset -> offset in the run, header skipped
+        p = start
+        idx = idx0
+        slots = self.slots
+        pbr = self.pbr_off
+        broker = self.broker_id
+        bid = self.batch_id_base
+        messages = self.messages
+        nbytes = 0
+        pack = SLOT.pack_into
+        for seq, orig, client_id, num_msg, epoch, size in headers:
+            rel = p + shift
+            pack(buf, pbr + (idx % slots) * BATCH_HEADER_SIZE, seq, orig, client_id, num_msg, 1,
+                 broker, epoch, bid | idx, idx, size, messages, at + rel, UINT64_MAX,
+                 first + rel, topic_idx)
+            idx += 1
+            messages += num_msg
+            nbytes += size
+            p += BATCH_HEADER_SIZE + size
+        k = idx0
+        for part in commits:  # publish_commit last (x86: stores visible in program order)
+            part[:] = np.arange(k, k + len(part), dtype=np.uint64)
+            k += len(part)
+        self.next_index = idx
+        self.messages = messages
+        self.bytes += nbytes
+
+    def _commit_words(self, idx: int, n: int) -> list[np.ndarray[Any, Any]]:
+        """The publish_commit words of slots ``idx .. idx + n - 1`` (wrapping the ring) as at
+        most two strided numpy views: one store for many slots."""
+        slots = self.slots
+        words = np.frombuffer(self.buf, dtype="<u8", count=slots * (BATCH_HEADER_SIZE // 8),
+                              offset=self.pbr_off)[SLOT_PUBLISH_COMMIT // 8::BATCH_HEADER_SIZE // 8]
+        a = idx % slots
+        if a + n <= slots:
+            return [words[a: a + n]]
+        return [words[a:], words[: a + n - slots]]
 
     def publish_head(self) -> None:
         """Only the BLog head, for a reservation whose batch will take a while to arrive."""
