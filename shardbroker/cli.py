@@ -80,7 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="leave the segment in /dev/shm at exit, for readers")
     run.add_argument("--blog-size", type=_size, help=f"BLog ring per shard ({SIZE_HELP})")
     run.add_argument("--pbr-slots", type=int, help="PBR ring slots per shard")
-    run.add_argument("--retention", choices=["overwrite", "block"],
+    run.add_argument("--retention", choices=config_mod.RETENTIONS,
                      help="full rings: overwrite the oldest batches (default), or block "
                           "publishers while a live consumer still needs the space")
     run.add_argument("--consumer-timeout", type=float, metavar="SECONDS",
@@ -94,17 +94,37 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--oversubscribe", action="store_true",
                      help="allow more receivers (--threads) than the CPUs they may run on; "
                           "they then share CPUs (refused without it)")
-    run.add_argument("--backend", choices=["auto", "epoll", "uring"],
+    run.add_argument("--backend", choices=config_mod.BACKENDS,
                      help="receive backend: auto (io_uring where the kernel allows it, else "
                           "epoll, logging why), epoll, or uring (fail if unavailable)")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-level", choices=config_mod.key_of("log.level").choices)
+
+    from shardbroker.publisher.placement import PLACEMENTS
 
     pub = sub.add_parser(
         "publish", help="load generator: publisher processes streaming batches",
         description="Run publisher processes (one per connection) against a broker and print "
-                    "a summary; --json prints one JSON line.",
+                    "a summary; --json prints one JSON line. With several brokers "
+                    "(--connect a:1214,b:1214) or --cluster, each process connects to every "
+                    "broker, spreads its batches over them and re-sends a failed broker's "
+                    "unacked batches to the others; the summary has one line per broker.",
     )
-    pub.add_argument("--connect", required=True, help="broker HOST:PORT")
+    pub.add_argument("--connect", required=True,
+                     help="broker HOST:PORT, or a comma-separated list of them (a cluster); "
+                          "in a cluster a HOST that is a name stands for every address it "
+                          "resolves to, e.g. a Kubernetes headless Service")
+    pub.add_argument("--cluster", action="store_true",
+                     help="treat --connect as a cluster even when it is one HOST:PORT: "
+                          "connect to every address the name resolves to, re-resolve it "
+                          "every --refresh seconds and after a broker fails")
+    pub.add_argument("--placement", choices=PLACEMENTS,
+                     help="cluster: send each batch to the broker with the fewest bytes in "
+                          "flight (default), or round robin")
+    pub.add_argument("--refresh", type=_positive_float, default=5.0, metavar="SECONDS",
+                     help="cluster: re-resolve broker names this often (default 5)")
+    pub.add_argument("--hosts-file", metavar="PATH",
+                     help="cluster: look names up in this hosts(5)-format file first, one "
+                          "line per address (a name may have several lines), then in DNS")
     pub.add_argument("--connections", type=int, default=1, help="publisher processes")
     pub.add_argument("--batch-size", type=_size, default=2 << 20, help=f"({SIZE_HELP})")
     pub.add_argument("--message-size", type=_size, default=1024, help=f"({SIZE_HELP})")
@@ -114,10 +134,13 @@ def _build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--topic", default="load")
     pub.add_argument("--ack", type=int, choices=[0, 1], default=1,
                      help="ack level: 1 waits for commit acks (default), 0 none")
-    pub.add_argument("--max-in-flight", type=int, default=32, help="unacked batches allowed")
-    pub.add_argument("--retries", type=int, default=0,
-                     help="reconnect up to N times when the broker drops a connection, "
-                          "resending unacked batches (the broker skips ones it has)")
+    pub.add_argument("--max-in-flight", type=int, default=32,
+                     help="unacked batches allowed (per broker in a cluster)")
+    pub.add_argument("--retries", type=int, default=None,
+                     help="one broker: reconnect up to N times when it drops a connection, "
+                          "resending unacked batches (the broker skips ones it has; default "
+                          "0). Cluster: send a batch at most N more times after its broker "
+                          "failed (default 3)")
     pub.add_argument("--rate", type=_size, help="pace each connection to this many bytes "
                      "per second (default: as fast as possible)")
     pub.add_argument("--cpus", help="pin publisher i to CPU list[i %% len], e.g. 1 or 0,1")
@@ -323,8 +346,8 @@ def cmd_keys(a: argparse.Namespace) -> int:
 
 
 def cmd_topology(a: argparse.Namespace) -> int:
+    from shardbroker.platform.placement import placement_for
     from shardbroker.platform.topology import read_topology
-    from shardbroker.supervisor.supervisor import placement_for
 
     cfg = config_mod.load(a.config)
     if a.nic:
@@ -366,41 +389,8 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 
 def _run_overrides(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    o: dict[str, dict[str, Any]] = {"broker": {}, "segment": {}, "socket": {}, "log": {}}
-    if a.threads is not None:
-        o["broker"]["threads"] = a.threads
-    if a.listen:
-        o["broker"]["listen"] = a.listen
-    if a.broker_id is not None:
-        o["broker"]["broker_id"] = a.broker_id
-    if a.no_pin:
-        o["broker"]["pin_cpus"] = False
-    if a.oversubscribe:
-        o["broker"]["oversubscribe"] = True
-    if a.backend:
-        o["broker"]["backend"] = a.backend
-    if a.segment:
-        o["segment"]["name"] = a.segment
-    if a.keep_segment:
-        o["segment"]["keep"] = True
-    if a.recover:
-        o["segment"]["name"] = a.recover
-        o["segment"]["recover"] = True
-    if a.blog_size is not None:
-        o["segment"]["blog_bytes_per_shard"] = a.blog_size
-    if a.pbr_slots is not None:
-        o["segment"]["pbr_slots"] = a.pbr_slots
-    if a.retention:
-        o["segment"]["retention"] = a.retention
-    if a.consumer_timeout is not None:
-        o["segment"]["consumer_timeout_s"] = a.consumer_timeout
-    if a.rcvlowat_cap is not None:
-        o["socket"]["rcvlowat_cap"] = a.rcvlowat_cap
-    if a.rcvbuf is not None:
-        o["socket"]["rcvbuf"] = a.rcvbuf
-    if a.log_level:
-        o["log"]["level"] = a.log_level
-    return {k: v for k, v in o.items() if v}
+    """The config keys the run flags set (which flag sets which key: config/schema.py)."""
+    return config_mod.overrides_from_flags(vars(a))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -425,13 +415,23 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_publish(a: argparse.Namespace) -> int:
     from shardbroker.publisher import loadgen
 
-    host, port = config_mod.parse_hostport(a.connect, "--connect")
+    cluster = a.cluster or "," in a.connect
+    if cluster:
+        host, port = _check_cluster(a)
+    else:
+        if a.hosts_file or a.placement is not None:
+            raise ValueError("--hosts-file and --placement need a cluster: list several brokers "
+                             "in --connect or add --cluster")
+        host, port = config_mod.parse_hostport(a.connect, "--connect")
     cpus = tuple(int(c) for c in a.cpus.split(",")) if a.cpus else ()
     spec = loadgen.LoadSpec(
-        host=host, port=port, connections=a.connections, batch_bytes=a.batch_size,
-        message_size=a.message_size, total_bytes=a.total, duration_s=a.duration, topic=a.topic,
-        ack=a.ack, max_in_flight=a.max_in_flight, cpus=cpus, rate_bytes_s=a.rate,
-        retries=a.retries,
+        host=host, port=port, connections=a.connections,
+        batch_bytes=a.batch_size, message_size=a.message_size, total_bytes=a.total,
+        duration_s=a.duration, topic=a.topic, ack=a.ack, max_in_flight=a.max_in_flight,
+        cpus=cpus, rate_bytes_s=a.rate,
+        retries=a.retries if a.retries is not None else (3 if cluster else 0),
+        brokers=a.connect if cluster else "", hosts_file=a.hosts_file or "",
+        placement=a.placement or "least-bytes", refresh_s=a.refresh,
     )
     summary = loadgen.run(spec, show_progress=loadgen.progress_wanted(a.json))
     if a.json:
@@ -441,9 +441,35 @@ def cmd_publish(a: argparse.Namespace) -> int:
               f"({summary['messages']} messages, {summary['acked_messages']} acked) over "
               f"{summary['connections']} connections in {summary['seconds']:.2f} s: "
               f"{summary['gbps']:.2f} GB/s")
+        for line in loadgen.render_brokers(summary):
+            print(line)
         for err in summary["errors"]:
             print(f"error: {err}", file=sys.stderr)
     return 1 if summary["errors"] else 0
+
+
+def _check_cluster(a: argparse.Namespace) -> tuple[str, int]:
+    """Resolve the brokers once here, so that a bad entry, a name that resolves to nothing or
+    an unreadable hosts file is one line (exit 2) before any publisher process starts.
+    Returns the first entry's host and port (the summary's nominal broker)."""
+    import time
+
+    from shardbroker.publisher.membership import (
+        Membership,
+        hosts_file_resolver,
+        parse_targets,
+        read_hosts_file,
+    )
+
+    if a.ack == 0:
+        raise ValueError("a cluster needs --ack 1: acks are how a failed broker's batches "
+                         "are known and re-sent")
+    targets = parse_targets(a.connect)
+    if a.hosts_file:
+        read_hosts_file(a.hosts_file)  # unreadable or malformed: say so now, not per process
+    resolver = hosts_file_resolver(a.hosts_file) if a.hosts_file else None
+    Membership(targets, resolver).start(time.monotonic())
+    return targets[0].host, targets[0].port
 
 
 def cmd_dump(a: argparse.Namespace) -> int:

@@ -220,7 +220,7 @@ def gather(cfg: Any, endpoint: str | None, nic: str | None, self_test: bool = Tr
     """Collect every finding, from a running broker or from a short loopback self-test."""
     from shardbroker.control import client, endpoints
     from shardbroker.errors import ShardbrokerError
-    from shardbroker.supervisor.supervisor import placement_for
+    from shardbroker.platform.placement import placement_for
 
     if nic:
         cfg.broker.nic = nic

@@ -10,8 +10,8 @@ import time
 from typing import Any, TextIO
 
 from shardbroker.consumer.consumer import Consumer
-from shardbroker.consumer.waiting import Backoff, FutexWait, make_waiter
 from shardbroker.segment.reader import Batch, SegmentReader
+from shardbroker.segment.waiting import Backoff, FutexWait, make_waiter
 
 TAIL_DEFAULT_LINES = 10
 
@@ -23,8 +23,11 @@ def add_parsers(sub: Any) -> None:
                     "messages, bytes, topic. Without --from-start, the last -n batches of "
                     "each shard; --follow keeps printing as publishers write (Ctrl-C stops). "
                     "With --name the reader is a registered consumer: it resumes where that "
-                    "name left off and, under retention `block`, holds data back until read.")
-    _segment_args(tail)
+                    "name left off and, under retention `block`, holds data back until read. "
+                    "Several --segment (brokers of a cluster, e.g. a recovered segment beside "
+                    "live ones): one merged read of what they hold now, each (client_id, "
+                    "batch_seq) once, ordered by that key; -n then counts merged batches.")
+    _segment_args(tail, several=True)
     tail.add_argument("--topic", help="only batches of this topic")
     tail.add_argument("--shard", type=int, help="only this shard")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new batches")
@@ -54,9 +57,11 @@ def add_parsers(sub: Any) -> None:
     cons.add_argument("--json", action="store_true")
 
 
-def _segment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--segment", help="segment name (default: the local broker's, asked over "
-                   "its control endpoint)")
+def _segment_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    p.add_argument("--segment", metavar="NAME", action="append" if several else "store",
+                   help="segment name (default: the local broker's, asked over its control "
+                        "endpoint)" + ("; give it several times to merge several segments"
+                                      if several else ""))
     p.add_argument("--control", help="control endpoint to ask for the segment name")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the broker")
 
@@ -91,12 +96,14 @@ def payload_checksum(payload: memoryview) -> int:
     return (total + int.from_bytes(tail, "little")) & 0xFFFF_FFFF_FFFF_FFFF
 
 
-def _print(rec: dict[str, Any], as_json: bool, out: TextIO) -> None:
+def print_record(rec: dict[str, Any], as_json: bool, out: TextIO) -> None:
+    """One batch line (a merged read's records start with the segment they came from)."""
     if as_json:
         out.write(json.dumps(rec) + "\n")
     else:
         extra = f" sum={rec['checksum']:016x}" if "checksum" in rec else ""
-        out.write(f"shard {rec['shard']} #{rec['index']} client {rec['client_id']} "
+        where = f"{rec['segment']} " if "segment" in rec else ""
+        out.write(f"{where}shard {rec['shard']} #{rec['index']} client {rec['client_id']} "
                   f"seq {rec['batch_seq']} {rec['messages']} msgs {rec['bytes']} B "
                   f"topic {rec['topic']}{extra}\n")
 
@@ -141,6 +148,12 @@ def tail_start(a: argparse.Namespace, reader: SegmentReader,
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
+    segments = a.segment or []
+    if len(segments) > 1:
+        from shardbroker.consumer.merged_tail import tail_merged
+
+        return tail_merged(a, segments)
+    a.segment = segments[0] if segments else None
     segment = resolve_segment(a)
     stop_flag = {"stop": False}
 
@@ -179,7 +192,7 @@ def cmd_tail(a: argparse.Namespace) -> int:
                 rec = batch_record(b, a.checksum)
                 if a.checksum and not b.still_valid():
                     continue  # overwritten while we summed it: counted in `torn`
-                _print(rec, a.json, out)
+                print_record(rec, a.json, out)
                 printed += 1
                 out.flush()
         except KeyboardInterrupt:

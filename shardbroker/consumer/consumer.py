@@ -17,11 +17,11 @@ from types import TracebackType
 from typing import Any
 
 from shardbroker.consumer.registry import ConsumerTable
-from shardbroker.consumer.waiting import make_waiter
 from shardbroker.errors import ConsumerError, ConsumerExpired, SegmentError
 from shardbroker.segment import shm
 from shardbroker.segment.layout import CONSUMER_EXPIRED
 from shardbroker.segment.reader import Batch, SegmentReader
+from shardbroker.segment.waiting import make_waiter
 
 
 class Consumer:

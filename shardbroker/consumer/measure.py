@@ -118,8 +118,8 @@ def _await_consumer(seg: str) -> None:
 def wake_latency(kind: str, commits: int = 400, period_s: float = 0.005) -> dict[str, Any]:
     """Commit-to-seen delay of a follower waiting with ``kind`` (backoff | futex), its CPU per
     second of following, and the writer's CPU (what the wake-ups cost the publish side)."""
-    from shardbroker.consumer.waiting import make_waiter
     from shardbroker.segment import layout, shm
+    from shardbroker.segment.waiting import make_waiter
 
     seg = f"shardbroker-measure-wake-{os.getpid()}-{os.urandom(3).hex()}"
     m = shm.create(seg, layout.Geometry(1, 1024, 1 << 20))

@@ -24,6 +24,12 @@ def series(table: Sequence[CounterDef] | None = None) -> tuple[Series, ...]:
     )
 
 
+# Batches by the recv calls they needed. ``_count`` is the batches counted; ``_sum`` is the
+# shard's recv_calls counter (the committer keeps buckets, not exact per-batch counts), so
+# _sum / _count is the shardbroker_recv_calls_per_batch ratio.
+HISTOGRAM = "shardbroker_batch_recv_calls"
+HISTOGRAM_HELP = "Batches by the recv calls needed to receive them"
+
 SERIES = series()  # for the default table (the Grafana dashboard test reads it)
 
 
@@ -34,7 +40,11 @@ class _Collector:
         self.series = series(table)
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         shards = self.report()["shards"]
         for name, help_, kind, key in self.series:
@@ -49,15 +59,21 @@ class _Collector:
                 if value is not None:  # a ratio over zero batches
                     fam.add_metric([shard], float(value))
             yield fam
-        # The aggregator's buckets, as exported so far: per bucket (not cumulative), labelled
-        # with the committer's bucket labels (a proper histogram family is issue 14).
-        hist = GaugeMetricFamily("shardbroker_recv_calls_per_batch_bucket",
-                                 "Batches by recv calls needed (le bucket, not cumulative)",
-                                 labels=["shard", "le"])
+        hist = HistogramMetricFamily(HISTOGRAM, HISTOGRAM_HELP, labels=["shard"])
         for shard, fig in shards.items():
-            for le in HIST_KEYS:
-                hist.add_metric([shard, le], float(fig["recv_calls_hist"].get(le, 0)))
+            hist.add_metric([shard], histogram_buckets(fig["recv_calls_hist"]),
+                            sum_value=float(fig.get("recv_calls", 0)))
         yield hist
+
+
+def histogram_buckets(counts: dict[str, int]) -> list[tuple[str, float]]:
+    """The committer's per-bucket batch counts (labels "1", "2", ..., "32", ">32") as
+    Prometheus buckets: cumulative, each labelled with its upper bound, ">32" as "+Inf"."""
+    buckets, total = [], 0
+    for label in HIST_KEYS:
+        total += counts.get(label, 0)
+        buckets.append(("+Inf" if label.startswith(">") else label, float(total)))
+    return buckets
 
 
 def serve_metrics(address: str, report: Callable[[], dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass
 
 from shardbroker.errors import PlatformError
+from shardbroker.platform import syscalls
 
 MADV_POPULATE_WRITE = 23  # Linux 5.14; Python 3.11's mmap has no name for it
 SO_BUSY_POLL = 46
@@ -119,10 +120,6 @@ def set_rcvlowat(sock: socket.socket, nbytes: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
 
 
-def set_quickack(sock: socket.socket) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
-
-
 def read_sysctl(path: str) -> str | None:
     try:
         with open(os.path.join("/proc/sys", path.replace(".", "/"))) as f:
@@ -177,7 +174,6 @@ def apply_socket_options(sock: socket.socket, opts: dict[str, int]) -> dict[str,
 
 # --------------------------------------------------------------------------- NUMA memory
 
-SYS_MBIND = 237  # x86_64
 MPOL_BIND = 2
 MPOL_MF_STRICT = 1
 MPOL_MF_MOVE = 2
@@ -188,8 +184,9 @@ def mbind(mm: mmap.mmap, length: int, node: int) -> None:
     addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
     mask = ctypes.c_ulong(1 << node)
     maxnode = ctypes.sizeof(ctypes.c_ulong) * 8 + 1
-    res = _libc.syscall(SYS_MBIND, ctypes.c_void_p(addr), ctypes.c_size_t(length), MPOL_BIND,
-                        ctypes.byref(mask), ctypes.c_ulong(maxnode), MPOL_MF_MOVE)
+    res = _libc.syscall(syscalls.require("mbind"), ctypes.c_void_p(addr),
+                        ctypes.c_size_t(length), MPOL_BIND, ctypes.byref(mask),
+                        ctypes.c_ulong(maxnode), MPOL_MF_MOVE)
     if res != 0:
         err = ctypes.get_errno()
         raise PlatformError("mbind", err, f"cannot bind the segment to node {node}: "
@@ -268,7 +265,6 @@ def reuseport_listener(host: str, port: int, incoming_cpu: int | None, listen: b
 
 # --------------------------------------------------------------------------- futex
 
-_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "riscv64": 98, "ppc64le": 221, "s390x": 238}
 FUTEX_WAIT = 0  # shared (not FUTEX_PRIVATE_FLAG): the word lives in a shared mapping
 FUTEX_WAKE = 1
 
@@ -278,14 +274,14 @@ class _Timespec(ctypes.Structure):
 
 
 def futex_supported() -> bool:
-    return os.uname().machine in _SYS_FUTEX
+    return syscalls.number("futex") is not None
 
 
 def futex_wait(addr: int, expected: int, timeout_s: float) -> bool:
     """Sleep while the u32 at ``addr`` equals ``expected``, at most ``timeout_s``.
     False on timeout; True when woken, interrupted or the value had already changed."""
     ts = _Timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
-    r = _libc.syscall(_SYS_FUTEX[os.uname().machine], ctypes.c_void_p(addr), FUTEX_WAIT,
+    r = _libc.syscall(syscalls.require("futex"), ctypes.c_void_p(addr), FUTEX_WAIT,
                       ctypes.c_uint32(expected), ctypes.byref(ts), None, 0)
     if r == 0:
         return True
@@ -299,7 +295,7 @@ def futex_wait(addr: int, expected: int, timeout_s: float) -> bool:
 
 def futex_wake(addr: int, count: int = 0x7FFF_FFFF) -> int:
     """Wake up to ``count`` waiters on the u32 at ``addr``; returns how many woke."""
-    r = _libc.syscall(_SYS_FUTEX[os.uname().machine], ctypes.c_void_p(addr), FUTEX_WAKE,
+    r = _libc.syscall(syscalls.require("futex"), ctypes.c_void_p(addr), FUTEX_WAKE,
                       ctypes.c_int(count), None, None, 0)
     if r < 0:
         err = ctypes.get_errno()

@@ -83,17 +83,15 @@ import errno
 import mmap
 import os
 import platform
-import socket
 import struct
-import time
 from dataclasses import dataclass
 
 from shardbroker.errors import PlatformError
+from shardbroker.platform import linux, syscalls
 
-# syscalls (asm-generic numbers, shared by x86_64 and arm64)
-SYS_IO_URING_SETUP = 425
-SYS_IO_URING_ENTER = 426
-SYS_IO_URING_REGISTER = 427
+SYS_IO_URING_SETUP = syscalls.UNIFIED["io_uring_setup"]
+SYS_IO_URING_ENTER = syscalls.UNIFIED["io_uring_enter"]
+SYS_IO_URING_REGISTER = syscalls.UNIFIED["io_uring_register"]
 
 # io_uring_setup flags
 IORING_SETUP_CQSIZE = 1 << 3
@@ -141,9 +139,6 @@ IORING_OP_ASYNC_CANCEL = 14
 IORING_OP_SEND = 26
 IORING_OP_RECV = 27
 IORING_OP_URING_CMD = 46
-SOCKET_URING_OP_SETSOCKOPT = 3
-SOL_SOCKET = 1
-SO_RCVLOWAT = 18
 OPCODE_NAMES = {IORING_OP_NOP: "NOP", IORING_OP_POLL_ADD: "POLL_ADD",
                 IORING_OP_ASYNC_CANCEL: "ASYNC_CANCEL", IORING_OP_SEND: "SEND",
                 IORING_OP_RECV: "RECV", IORING_OP_URING_CMD: "URING_CMD"}
@@ -337,18 +332,6 @@ class Ring:
                   msg_flags: int = MSG_WAITALL, sqe_flags: int = 0) -> None:
         self.prep(IORING_OP_RECV, fd, addr, length, msg_flags, user_data, sqe_flags=sqe_flags)
 
-    def prep_setsockopt(self, fd: int, level: int, optname: int, optval_addr: int, optlen: int,
-                        user_data: int, sqe_flags: int = 0) -> None:
-        """IORING_OP_URING_CMD / SOCKET_URING_OP_SETSOCKOPT (Linux 6.7). ``optval_addr`` must
-        stay valid until the command has run (a linked one runs when its turn comes)."""
-        self.prep(IORING_OP_URING_CMD, fd, level | (optname << 32), 0, 0, user_data,
-                  off=SOCKET_URING_OP_SETSOCKOPT, sqe_flags=sqe_flags, splice_fd_in=optlen,
-                  addr3=optval_addr)
-
-    def prep_send(self, fd: int, addr: int, length: int, user_data: int,
-                  msg_flags: int = 0) -> None:
-        self.prep(IORING_OP_SEND, fd, addr, length, msg_flags, user_data)
-
     def prep_poll_add(self, fd: int, events: int, user_data: int) -> None:
         self.prep(IORING_OP_POLL_ADD, fd, 0, 0, events, user_data)
 
@@ -452,8 +435,6 @@ class Probe:
     reason: str
     setup_flags: int = 0
     features: int = 0
-    lowat_chain: bool = False  # linked SETSOCKOPT(SO_RCVLOWAT) works (see probe_lowat_chain)
-    lowat_chain_reason: str = ""
 
     @property
     def min_timeout(self) -> bool:
@@ -467,11 +448,7 @@ class Probe:
 def _disabled_sysctl() -> str | None:
     if os.environ.get(DISABLE_ENV, "0") not in ("", "0"):
         return "2"  # the test knob: the same path as the real sysctl
-    try:
-        with open("/proc/sys/kernel/io_uring_disabled") as f:
-            return f.read().strip()
-    except OSError:
-        return None  # kernels before 6.6 have no such switch
+    return linux.read_sysctl("kernel.io_uring_disabled")  # None: kernels before 6.6 lack it
 
 
 def probe_ring(entries: int = 8) -> Probe:
@@ -525,59 +502,9 @@ def probe_ring(entries: int = 8) -> Probe:
             return Probe(False, f"io_uring_enter: {exc.strerror}", ring.flags, ring.features)
         if cqes != [(0x5B, 0, 0)]:
             return Probe(False, f"NOP round trip returned {cqes}", ring.flags, ring.features)
-        chain_ok, chain_why = (probe_lowat_chain(ring.flags) if IORING_OP_URING_CMD in ops
-                               else (False, "no IORING_OP_URING_CMD"))
-        return Probe(True, "", ring.flags, ring.features, chain_ok, chain_why)
+        return Probe(True, "", ring.flags, ring.features)
     finally:
         ring.close()
-
-
-def probe_lowat_chain(setup_flags: int) -> tuple[bool, str]:
-    """Does a *linked* SETSOCKOPT(SO_RCVLOWAT) run with the values it was queued with?
-
-    Socket commands (URING_CMD, Linux 6.7) read their SQE when they run; a linked one runs
-    later, so the kernel must have copied the SQE at submission (recent kernels do). Checked
-    for real on a loopback TCP pair: RECV -> SETSOCKOPT -> RECV, the SQ ring overwritten with
-    NOPs before the SETSOCKOPT's turn."""
-    lst = socket.socket()
-    conns: list[socket.socket] = [lst]
-    try:
-        lst.bind(("127.0.0.1", 0))
-        lst.listen(1)
-        c = socket.create_connection(lst.getsockname(), timeout=2)
-        conns.append(c)
-        srv, _ = lst.accept()
-        conns.append(srv)
-        buf = bytearray(256)
-        val = (ctypes.c_int * 1)(4321)
-        with Ring(8, setup_flags) as ring:
-            link = IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS
-            addr = buffer_address(buf)
-            ring.prep_recv(srv.fileno(), addr, 100, 1, sqe_flags=link)
-            ring.prep_setsockopt(srv.fileno(), SOL_SOCKET, SO_RCVLOWAT, ctypes.addressof(val), 4,
-                                 2, sqe_flags=link)
-            ring.prep_recv(srv.fileno(), addr + 100, 50, 3)
-            ring.submit()
-            for _ in range(2 * ring.sq_entries):
-                ring.prep_nop(9)
-            ring.enter(1.0, ring.pending)
-            ring.reap()
-            c.sendall(bytes(100))
-            deadline = time.monotonic() + 2.0
-            got: list[tuple[int, int, int]] = []
-            while time.monotonic() < deadline and not got:
-                if srv.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 4321:
-                    c.sendall(bytes(5000))
-                ring.enter(0.05)
-                got = [x for x in ring.reap() if x[0] != 9]
-        if got != [(3, 50, got[0][2] if got else 0)]:
-            return False, f"linked SETSOCKOPT chain completed as {got}"
-        return True, ""
-    except OSError as exc:
-        return False, f"linked SETSOCKOPT chain: {exc.strerror or exc}"
-    finally:
-        for s_ in conns:
-            s_.close()
 
 
 def probe() -> tuple[bool, str]:

@@ -14,7 +14,6 @@ import os
 import random
 import select
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,20 +22,8 @@ from types import TracebackType
 from typing import NoReturn
 
 from shardbroker.errors import PublishError
-from shardbroker.wire.protocol import (
-    ACK_BROKER_ID,
-    ACK_COUNT,
-    CONTROL_FRAME,
-    CONTROL_MAGIC,
-    CONTROL_TEXT_MAX,
-    MESSAGE_HEADER,
-    MESSAGE_HEADER_SIZE,
-    BatchHeader,
-    Handshake,
-    encode_batch_header,
-    encode_handshake,
-    message_stride,
-)
+from shardbroker.publisher.connection import AckStream, open_connection, send_batch
+from shardbroker.wire.protocol import MESSAGE_HEADER, MESSAGE_HEADER_SIZE, message_stride
 
 
 @dataclass(slots=True)
@@ -78,7 +65,6 @@ class Publisher:
         self.retries = retries
         self.resend_source = resend_source
         self.reconnects = 0
-        self.broker_id: int | None = None
         self.next_batch_seq = 0
         self.sent_messages = 0
         self.sent_bytes = 0
@@ -86,22 +72,20 @@ class Publisher:
         self._acked_before_conn = 0  # acked on earlier connections
         self._conn_sent = 0  # messages sent on the current connection
         self._in_flight: deque[_InFlight] = deque()
-        self._ackbuf = bytearray()
+        self._acks = AckStream()
         self._closed_reason: str | None = None
         self._batch = bytearray()
         self._batch_msgs = 0
         self.sock = self._connect()
 
     def _connect(self) -> socket.socket:
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except OSError as exc:
-            raise PublishError(f"cannot connect to broker at {self.host}:{self.port}: {exc}",
-                               hint="is `shardbroker run` listening there?") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(None)
-        sock.sendall(encode_handshake(Handshake(self.client_id, self.ack, 0, self.topic)))
-        return sock
+        return open_connection(self.host, self.port, self.client_id, self.ack, self.topic,
+                               self.timeout)
+
+    @property
+    def broker_id(self) -> int | None:
+        """The id the broker sent at the start of this connection's ack stream."""
+        return self._acks.broker_id
 
     # ------------------------------------------------------------------ context manager
 
@@ -118,15 +102,10 @@ class Publisher:
 
     def publish(self, data: bytes | bytearray | memoryview) -> None:
         """Queue one message; a full batch goes out (and may wait for acks)."""
-        stride = message_stride(len(data))
-        if self._batch and len(self._batch) + stride > self.batch_bytes:
+        if self._batch and len(self._batch) + message_stride(len(data)) > self.batch_bytes:
             self._send_pending()
-        off = len(self._batch)
-        self._batch += bytes(stride)
-        MESSAGE_HEADER.pack_into(self._batch, off, len(data), 0, time.time_ns(),
-                                 self._batch_msgs, 0, 0, 0, 0, self.client_id,
-                                 self.next_batch_seq & 0xFFFF_FFFF, 0)
-        self._batch[off + MESSAGE_HEADER_SIZE: off + MESSAGE_HEADER_SIZE + len(data)] = data
+        append_message(self._batch, self._batch_msgs, data, self.client_id,
+                       self.next_batch_seq)
         self._batch_msgs += 1
         if len(self._batch) >= self.batch_bytes:
             self._send_pending()
@@ -145,7 +124,12 @@ class Publisher:
                  ) -> int:
         self._check_open()
         if self.ack:
+            reconnects = self.reconnects
             self._reap_acks(block=len(self._in_flight) >= self.max_in_flight)
+            if self.reconnects != reconnects and self.resend_source is not None:
+                # the resends took their bytes from resend_source, which may be the very
+                # buffer the caller filled for this batch (BatchTemplate): fetch it again
+                payload = self.resend_source(self.next_batch_seq)
         seq = self.next_batch_seq
         self.next_batch_seq = seq + 1
         self.sent_messages += num_msg
@@ -164,20 +148,7 @@ class Publisher:
 
     def _send_batch(self, seq: int, num_msg: int, payload: bytes | bytearray | memoryview
                     ) -> None:
-        header = encode_batch_header(BatchHeader(seq, self.client_id, num_msg, len(payload)))
-        self._send_all([header, payload])
-
-    def _send_all(self, parts: list[bytes | bytearray | memoryview]) -> None:
-        """One sendmsg for header and payload (a blocking socket sends it all unless a signal
-        interrupts); finish any remainder the same way."""
-        views = [memoryview(x).cast("B") for x in parts]
-        while views:
-            sent = self.sock.sendmsg(views)
-            while views and sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            if views and sent:
-                views[0] = views[0][sent:]
+        send_batch(self.sock, seq, self.client_id, num_msg, payload)
 
     def flush(self, timeout: float | None = None) -> None:
         """Send the partial batch and wait until every batch is acked."""
@@ -228,8 +199,7 @@ class Publisher:
         self.close()
         self.sock = self._connect()
         self.reconnects += 1
-        self.broker_id = None
-        self._ackbuf.clear()
+        self._acks = AckStream()
         self._acked_before_conn = self.acked_messages
         self._conn_sent = 0
         try:
@@ -260,8 +230,7 @@ class Publisher:
                 data = self.sock.recv(65536)
                 if not data:
                     break
-                self._ackbuf += data
-                self._parse_acks()
+                self._feed(data)
         except OSError:
             pass
 
@@ -296,45 +265,29 @@ class Publisher:
                 self._connection_lost(None)
                 before = len(self._in_flight)
                 continue
-            self._ackbuf += data
-            self._parse_acks()
+            self._feed(data)
             if self._closed_reason is not None:
                 self._raise_closed(None)
 
-    def _parse_acks(self) -> None:
-        buf = self._ackbuf
-        pos = 0
-        while True:
-            # the stream starts with an i32 broker id, then u64 counts; either position may
-            # instead hold an SESF control frame (the broker's reason for closing)
-            need = 4 if self.broker_id is None else 8
-            if len(buf) - pos < need:
-                break
-            if struct.unpack_from("<I", buf, pos)[0] == CONTROL_MAGIC:
-                if self._parse_control(buf, pos):
-                    pos = len(buf)
-                break
-            if self.broker_id is None:
-                (self.broker_id,) = ACK_BROKER_ID.unpack_from(buf, pos)
-                pos += 4
-                continue
-            (count,) = ACK_COUNT.unpack_from(buf, pos)
-            pos += 8
-            self.acked_messages = self._acked_before_conn + count
-            while self._in_flight and self._in_flight[0].conn_cum <= count:
-                self._in_flight.popleft()
-        del buf[:pos]
+    def _feed(self, data: bytes) -> None:
+        acks = self._acks
+        acks.feed(data)
+        if acks.closed_reason is not None:
+            self._closed_reason = acks.closed_reason
+        count = acks.count
+        self.acked_messages = self._acked_before_conn + count
+        while self._in_flight and self._in_flight[0].conn_cum <= count:
+            self._in_flight.popleft()
 
-    def _parse_control(self, buf: bytearray, pos: int) -> bool:
-        if len(buf) - pos < CONTROL_FRAME.size:
-            return False
-        _magic, length = CONTROL_FRAME.unpack_from(buf, pos)
-        length = min(length, CONTROL_TEXT_MAX)
-        start = pos + CONTROL_FRAME.size
-        if len(buf) < start + length:
-            return False
-        self._closed_reason = bytes(buf[start: start + length]).decode("utf-8", "replace")
-        return True
+
+def append_message(batch: bytearray, counter: int, data: bytes | bytearray | memoryview,
+                   client_id: int, batch_seq: int) -> None:
+    """Frame one message (64-byte header, data, padding) onto the end of ``batch``."""
+    off = len(batch)
+    batch += bytes(message_stride(len(data)))
+    MESSAGE_HEADER.pack_into(batch, off, len(data), 0, time.time_ns(), counter, 0, 0, 0, 0,
+                             client_id, batch_seq & 0xFFFF_FFFF, 0)
+    batch[off + MESSAGE_HEADER_SIZE: off + MESSAGE_HEADER_SIZE + len(data)] = data
 
 
 def random_client_id() -> int:

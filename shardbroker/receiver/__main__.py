@@ -15,6 +15,7 @@ from shardbroker import config as config_mod
 from shardbroker import log as logmod
 from shardbroker.errors import ShardbrokerError
 from shardbroker.platform import linux
+from shardbroker.receiver import messages
 from shardbroker.receiver.backend import create_backend
 from shardbroker.receiver.receiver import Receiver
 from shardbroker.receiver.spec import ReceiverSpec
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
         populate_s = time.perf_counter() - t0
     except ShardbrokerError as exc:
         log.error("receiver.boot_failed", error=str(exc))
-        control.send(b"fail " + json.dumps({"error": str(exc)}).encode())
+        control.send(messages.encode(messages.Fail(str(exc))))
         return 3
     publisher = MetricsPublisher(spec.metrics_endpoint, cfg.metrics.interval_s)
     listener = None
@@ -98,18 +99,18 @@ def main(argv: list[str]) -> int:
         backend, fallback = create_backend(cfg, log)
     except ShardbrokerError as exc:  # an explicit --backend uring that cannot run here
         log.error("receiver.boot_failed", error=str(exc))
-        control.send(b"fail " + json.dumps({"error": str(exc)}).encode())
+        control.send(messages.encode(messages.Fail(str(exc))))
         publisher.close(None)
         return 3
     loop = Receiver(cfg, writer, control, log, backend, on_tick=publisher.tick, cpu=spec.cpu,
                     listener=listener)
     loop.backend_fallback = fallback
-    control.send(b"ready " + json.dumps({
+    control.send(messages.encode(messages.Ready({
         "shard": spec.shard, "cpu": spec.cpu, "backend": loop.backend_name,
         "backend_fallback": loop.backend_fallback,
         "allowed_cpus": linux.allowed_cpus(), "resumed_at_batch": writer.next_index,
         "restarts": writer.restarts,
-    }).encode())
+    })))
     log.info("receiver.ready", cpu=spec.cpu, backend=loop.backend_name,
              populate_s=round(populate_s, 3), resumed_at_batch=writer.next_index)
     if backend.setup_names:

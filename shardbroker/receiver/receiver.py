@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import resource
 import socket
@@ -24,6 +23,7 @@ from typing import Any
 from shardbroker import counters
 from shardbroker.config import Config
 from shardbroker.platform import linux
+from shardbroker.receiver import messages
 from shardbroker.receiver.backend import Backend
 from shardbroker.receiver.committer import HIST_LABELS, LATENCY_RING, ShardCommitter
 from shardbroker.receiver.connection import Connection
@@ -169,28 +169,34 @@ class Receiver:
                 os.close(fd)
             self.leaving = True
             return
-        if msg.startswith(b"conn"):
-            for fd in fds:
-                self._adopt(fd)
-        elif msg.startswith(b"adopt "):
-            self._adopt_moved(json.loads(msg[6:]), fds)
-        elif msg.startswith(b"handoff "):
-            arg = msg[8:].decode()
-            if arg == "all":
+        error = "not for a receiver"
+        try:
+            message: messages.Message | None = messages.decode(msg)
+        except messages.BadMessage as exc:
+            message, error = None, str(exc)
+        match message:
+            case messages.CONN:
+                for fd in fds:
+                    self._adopt(fd)
+            case messages.Handover(verb=messages.Verb.ADOPT, state=state):
+                self._adopt_moved(state, fds)
+            case messages.Handoff(count=None):
                 self.close_listener()
                 self.retiring = True
                 self.moves_wanted = len(self.conns)
-            else:
-                self.moves_wanted = max(0, min(int(arg), len(self.conns)))
-            self._start_moves()
-        elif msg.startswith(b"drain"):
-            self.close_listener()
-        elif msg.startswith(b"stop"):
-            self._begin_stop()
-        else:
-            for fd in fds:
-                os.close(fd)
-            self.log.warning("receiver.control.unknown", message=msg[:32].decode("latin-1"))
+                self._start_moves()
+            case messages.Handoff(count=int(count)):
+                self.moves_wanted = max(0, min(count, len(self.conns)))
+                self._start_moves()
+            case messages.DRAIN:
+                self.close_listener()
+            case messages.STOP:
+                self._begin_stop()
+            case _:
+                for fd in fds:
+                    os.close(fd)
+                self.log.warning("receiver.control.unknown", message=msg[:32].decode("latin-1"),
+                                 error=error)
 
     def accept(self) -> None:
         assert self.listener is not None
@@ -205,7 +211,7 @@ class Receiver:
             fd = sock.detach()
             if self._adopt(fd) is not None:
                 with contextlib.suppress(OSError):
-                    self.control.send(b"opened")
+                    self.control.send(messages.encode(messages.OPENED))
 
     def close_listener(self) -> None:
         if self.listener is not None:
@@ -237,7 +243,7 @@ class Receiver:
         if self.stopping or self.retiring:
             sock.close()
             with contextlib.suppress(OSError):
-                self.control.send(b"closed " + str(addr[0]).encode())
+                self.control.send(messages.encode(messages.Closed(str(addr[0]))))
             return None
         sock.setblocking(False)
         try:
@@ -469,7 +475,7 @@ class Receiver:
     def _maybe_retired(self) -> None:
         if self.retiring and not self.conns and not self.retired_sent:
             self.retired_sent = True
-            self.control.send(b"retired")
+            self.control.send(messages.encode(messages.RETIRED))
 
     def _hand_over(self, conn: Connection) -> None:
         """Send the socket(s) and protocol state to the supervisor for another receiver."""
@@ -488,7 +494,8 @@ class Receiver:
         if conn.ack_sock is not None and conn.ack_sock is not conn.sock:
             fds.append(conn.ack_sock.fileno())
         try:
-            socket.send_fds(self.control, [b"move " + json.dumps(conn.state()).encode()], fds)
+            socket.send_fds(self.control, [messages.encode(
+                messages.Handover(messages.Verb.MOVE, conn.state()))], fds)
         except OSError as exc:
             self.log.warning("receiver.handoff_failed", peer=conn.peer, error=str(exc))
             conn.moving = False
@@ -531,7 +538,7 @@ class Receiver:
         # so dump and tests see final counters as soon as publishers are gone
         self.writer.write_stats(self.stats_tuple())
         with contextlib.suppress(OSError):
-            self.control.send(b"closed " + conn.source.encode())
+            self.control.send(messages.encode(messages.Closed(conn.source)))
         self._maybe_retired()
 
     def _reject(self, conn: Connection, reason: str, detail: str) -> None:

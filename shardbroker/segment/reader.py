@@ -6,7 +6,8 @@ not been reclaimed by a later lap; both are checked again after the payload view
 ``Batch.still_valid()`` after using it: the ring may have lapped it since.
 
 ``follow()`` keeps reading as batches are committed: per shard in commit order, round-robin
-over shards, optionally one topic; a caught-up reader waits with ``consumer.waiting.Backoff``.
+over shards, optionally one topic; a caught-up reader waits with the waiter it is given
+(default ``segment.waiting.Backoff``).
 Every batch index from the start position on is accounted for exactly once: yielded, filtered
 out (topic), or counted in ``lapped`` (overwritten before it was read; any topic, since an
 overwritten slot no longer says) -- so a lapped reader knows exactly what it missed. Starting
@@ -47,6 +48,7 @@ from shardbroker.segment.layout import (
     read_topics,
     slot_publish_commit,
 )
+from shardbroker.segment.waiting import Backoff, Waiter
 from shardbroker.wire.protocol import MessageView, iter_messages
 
 FOLLOW_CHUNK = 256  # batches taken from one shard before looking at the next
@@ -239,7 +241,7 @@ class SegmentReader:
         return pos
 
     def follow(self, shard: int | None = None, topic: str | None = None,
-               start: str | Sequence[int] = "end", wait: Any = None,
+               start: str | Sequence[int] = "end", wait: Waiter | None = None,
                idle_timeout_s: float | None = None, stop: Callable[[], bool] | None = None,
                on_idle: Callable[[], None] | None = None,
                on_position: PositionHook | None = None) -> Iterator[Batch]:
@@ -247,15 +249,13 @@ class SegmentReader:
         arrives for ``idle_timeout_s`` (None: forever). ``self.positions[s]`` moves past a
         batch when the caller asks for the next one (so a position means "consumed");
         ``on_position(shard, index)`` hears every move. ``on_idle`` runs on every empty poll
-        (heartbeats). ``wait`` is a Backoff-like object (``wait(limit)``, ``reset()``).
+        (heartbeats). ``wait``: how to wait when caught up (default: a ``Backoff``).
         The start positions are taken now, not at the first ``next()``."""
-        from shardbroker.consumer.waiting import Backoff
-
         self.positions = self.start_positions(start)
         return self._follow(shard, topic, wait if wait is not None else Backoff(),
                             idle_timeout_s, stop, on_idle, on_position)
 
-    def _follow(self, shard: int | None, topic: str | None, waiter: Any,
+    def _follow(self, shard: int | None, topic: str | None, waiter: Waiter,
                 idle_timeout_s: float | None, stop: Callable[[], bool] | None,
                 on_idle: Callable[[], None] | None, on_position: PositionHook | None
                 ) -> Iterator[Batch]:

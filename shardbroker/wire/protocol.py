@@ -94,6 +94,7 @@ ACK_LEVELS = (0, 1, 2)
 assert HANDSHAKE_SIZE == 64 and BATCH_HEADER_SIZE == 128 and MESSAGE_HEADER_SIZE == 64
 
 
+@enum.unique
 class Reason(enum.StrEnum):
     """Why a connection was rejected. Stable strings: they name log events and counters."""
 

@@ -46,7 +46,7 @@ def backend() -> str | None:
 @pytest.fixture
 def broker(backend: str | None) -> Iterator[BrokerFactory]:
     started: list[BrokerProcess] = []
-    backend_args = ["--backend", backend] if backend else []
+    backend_args = ["--backend", skip_unless_backend(backend)] if backend else []
 
     def start(*args: str, threads: int = 2, blog: str = "128MiB",
               env: dict[str, str] | None = None) -> BrokerProcess:

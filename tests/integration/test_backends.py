@@ -24,8 +24,6 @@ from shardbroker.segment import shm
 from shardbroker.supervisor.process import BrokerProcess
 from shardbroker.wire import protocol as p
 
-from . import test_control_plane as control_plane
-from . import test_hostile as hostile
 from .conftest import (
     BACKENDS,
     BrokerFactory,
@@ -207,19 +205,6 @@ def test_lapped_in_flight_batch_is_rejected_and_never_corrupts(
 
 
 @pytest.mark.parametrize("backend", ["uring"])
-def test_scale_1_2_1_while_streaming_uring(broker: BrokerFactory, backend: str) -> None:
-    """Live hand-over under io_uring: a connection moves only with no SQE in flight."""
-    skip_unless_backend(backend)
-    control_plane.test_scale_1_2_1_while_streaming(broker)
-
-
-@pytest.mark.parametrize("backend", ["uring"])
-def test_stats_agree_with_publishers_uring(broker: BrokerFactory, backend: str) -> None:
-    skip_unless_backend(backend)
-    control_plane.test_stats_agree_with_publishers(broker)
-
-
-@pytest.mark.parametrize("backend", ["uring"])
 def test_drain_then_stop_with_idle_and_busy_connections_uring(broker: BrokerFactory,
                                                                backend: str) -> None:
     """Stopping cancels the header RECVs of idle connections and lets a batch in flight
@@ -244,33 +229,3 @@ def test_drain_then_stop_with_idle_and_busy_connections_uring(broker: BrokerFact
     finally:
         for s in [*idle, busy]:
             s.close()
-
-
-# The hostile-input suite under io_uring: only the bad connection is closed, with its reason.
-
-
-@pytest.mark.parametrize("backend", ["uring"])
-@pytest.mark.parametrize("case", sorted(hostile.CASES))
-def test_hostile_connection_is_closed_alone_uring(tmp_path: Any, broker: BrokerFactory,
-                                                  backend: str, case: str) -> None:
-    skip_unless_backend(backend)
-    hostile.test_hostile_connection_is_closed_alone(tmp_path, broker, case)
-
-
-@pytest.mark.parametrize("backend", ["uring"])
-def test_truncated_handshake_uring(broker: BrokerFactory, backend: str) -> None:
-    skip_unless_backend(backend)
-    hostile.test_truncated_handshake(broker)
-
-
-@pytest.mark.parametrize("backend", ["uring"])
-def test_peer_reset_mid_payload_uring(broker: BrokerFactory, backend: str) -> None:
-    skip_unless_backend(backend)
-    hostile.test_peer_reset_mid_payload(broker)
-
-
-@pytest.mark.parametrize("backend", ["uring"])
-def test_500_idle_connections_uring(broker: BrokerFactory, backend: str) -> None:
-    """500 header RECVs in flight (SQ ring 256): memory stays bounded, honest traffic flows."""
-    skip_unless_backend(backend)
-    hostile.test_500_idle_connections_and_memory_stays_bounded(broker)

@@ -16,7 +16,14 @@ from shardbroker.control import client
 from shardbroker.publisher import loadgen
 from shardbroker.publisher.batches import BatchGeometry
 
-from .conftest import BrokerFactory, raw_publisher, shard_stats, verify_segment, wait_for
+from .conftest import (
+    BACKENDS,
+    BrokerFactory,
+    raw_publisher,
+    shard_stats,
+    verify_segment,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 GEOM = BatchGeometry.for_batch(2 << 20, 1024)
@@ -51,6 +58,7 @@ def test_ready_line_names_control_and_status_answers(broker: BrokerFactory) -> N
     assert all(r["allowed_cpus"] == [r["cpu"]] for r in st["receivers"])  # pinning read back
 
 
+@pytest.mark.parametrize("backend", BACKENDS)  # a contract: every backend counts the same
 def test_stats_agree_with_publishers(broker: BrokerFactory) -> None:
     b = broker("--config", "/dev/null")
     res = _load(b, 96 << 20)
@@ -82,6 +90,8 @@ def test_status_without_broker_fails_fast() -> None:
     assert time.monotonic() - t0 < 3 + 2
 
 
+# under io_uring a connection moves only with no SQE in flight
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_scale_1_2_1_while_streaming(broker: BrokerFactory) -> None:
     b = broker(threads=1, blog="512MiB")
     ctl = b.ready["control"]

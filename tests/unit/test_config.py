@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from shardbroker import config
+from shardbroker import cli, config
+from shardbroker.config import render, schema
 from shardbroker.errors import ConfigError
 
 
@@ -85,3 +86,78 @@ def test_round_trip_through_dict() -> None:
     cfg = config.load(None, {"socket": {"rcvlowat_cap": 0}})
     again = config.load(None, config.to_dict(cfg))
     assert again == cfg
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+def test_conf_broker_toml_is_the_schema_written_out() -> None:
+    """Every key, with its comment and default, in schema order: regenerate the file with
+    `python -m shardbroker.config > conf/broker.toml` after changing the schema."""
+    text = (Path(__file__).parents[2] / "conf" / "broker.toml").read_text()
+    assert text == render.render()
+    assert config.to_dict(config.load(Path(__file__).parents[2] / "conf" / "broker.toml")) \
+        == config.to_dict(config.load(None, {"broker": {"listen": "0.0.0.0:1214"}}))
+
+
+def test_every_key_is_commented_or_shares_the_comment_above() -> None:
+    for section, cls in schema.sections():
+        fields = schema.keys(cls)
+        assert fields[0][1].doc, f"{section}.{fields[0][0].name} has no comment"
+
+
+def _run_dests() -> set[str]:
+    return set(vars(cli._build_parser().parse_args(["run"]))) - {"command", "config"}
+
+
+def test_every_run_flag_sets_a_config_key_and_only_through_the_schema() -> None:
+    in_schema = {flag for _, cls in schema.sections() for _, k in schema.keys(cls)
+                 for flag in k.flags}
+    assert in_schema == _run_dests()
+
+
+def test_run_flags_become_overrides() -> None:
+    a = cli._build_parser().parse_args([
+        "run", "--threads", "3", "--listen", "127.0.0.1:0", "--no-pin", "--oversubscribe",
+        "--backend", "auto", "--segment", "first", "--recover", "crashed", "--keep-segment",
+        "--blog-size", "64MiB", "--pbr-slots", "64", "--retention", "block",
+        "--consumer-timeout", "2.5", "--rcvlowat-cap", "0", "--rcvbuf", "1MiB",
+        "--broker-id", "7", "--log-level", "debug"])
+    assert config.overrides_from_flags(vars(a)) == {
+        "broker": {"listen": "127.0.0.1:0", "threads": 3, "broker_id": 7, "backend": "auto",
+                   "pin_cpus": False, "oversubscribe": True},
+        "segment": {"name": "crashed", "pbr_slots": 64, "blog_bytes_per_shard": 64 << 20,
+                    "keep": True, "recover": True, "retention": "block",
+                    "consumer_timeout_s": 2.5},
+        "socket": {"rcvbuf": 1 << 20, "rcvlowat_cap": 0},
+        "log": {"level": "debug"},
+    }
+    assert config.overrides_from_flags(vars(cli._build_parser().parse_args(["run"]))) == {}
+
+
+@pytest.mark.parametrize("toml, line", [
+    ("[broker]\nbackend = 'rdma'\n",
+     "config broker.backend: 'rdma' is not allowed (use one of auto, epoll, uring)"),
+    ("[broker]\nthreads = -1\n", "config broker.threads: -1 is out of range (allowed: >= 0)"),
+    ("[segment]\nconsumer_timeout_s = 0\n",
+     "config segment.consumer_timeout_s: 0.0 is out of range (allowed: 0.1..86400)"),
+    ("[broker]\nthreads = 'two'\n", "config broker.threads: 'two' is a str, expected int"),
+    ("[broker]\nheartbeat_timeout_s = 0.5\n", "config broker.heartbeat_timeout_s: 0.5 is below"
+                                               " 1 s (use 0 (no watchdog) or at least 1"),
+])
+def test_a_refusal_is_one_line_with_key_value_and_what_is_allowed(
+        tmp_path: Path, toml: str, line: str) -> None:
+    f = tmp_path / "b.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        config.load(f)
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
+
+
+def test_allowed_values_are_spelled_once() -> None:
+    from shardbroker.receiver import backend
+
+    assert config.key_of("broker.backend").choices == config.BACKENDS == backend.BACKENDS
+    run = cli._build_parser()
+    with pytest.raises(SystemExit):
+        run.parse_args(["run", "--backend", "rdma"])

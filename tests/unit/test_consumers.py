@@ -13,9 +13,9 @@ import pytest
 from shardbroker import SegmentReader
 from shardbroker.consumer.consumer import Consumer
 from shardbroker.consumer.registry import ConsumerTable
-from shardbroker.consumer.waiting import Backoff
 from shardbroker.errors import ConsumerError, ConsumerExpired
 from shardbroker.segment import layout, shm
+from shardbroker.segment.waiting import Backoff
 from shardbroker.segment.writer import ShardWriter
 from shardbroker.wire.message_index import message_arrays
 from shardbroker.wire.protocol import ProtocolError, encode_messages, iter_messages
@@ -318,7 +318,7 @@ def test_message_arrays_reject_bad_framing() -> None:
 def test_futex_follower_is_woken_by_the_commit_not_its_timeout(segment_name: str) -> None:
     import threading
 
-    from shardbroker.consumer.waiting import FutexWait
+    from shardbroker.segment.waiting import FutexWait
 
     m = _segment(segment_name, slots=64, blog=1 << 20)
     waiter = FutexWait(segment_name, max_s=5.0)

@@ -213,9 +213,26 @@ def test_prometheus_exports_every_snapshot_entry(receiver: Receiver) -> None:
         if r.prometheus is not None:
             assert fams[r.prometheus].type == "gauge"
     assert {name for name, *_ in prometheus.SERIES} >= LEGACY_SERIES
-    # The recv-calls histogram: the committer's labels, in its order (">32" holds 33 and up).
-    hist = fams["shardbroker_recv_calls_per_batch_bucket"]
-    assert [s.labels["le"] for s in hist.samples] == list(HIST_LABELS)
+    # The recv-calls histogram: a histogram family over the committer's buckets, in order.
+    hist = fams[prometheus.HISTOGRAM]
+    assert hist.type == "histogram"
+    buckets = [s for s in hist.samples if s.name.endswith("_bucket")]
+    assert [s.labels["le"] for s in buckets] == [*HIST_LABELS[:-1], "+Inf"]
+
+
+def test_prometheus_histogram_is_cumulative_with_sum_and_count() -> None:
+    per_bucket = dict(zip(HIST_KEYS, (5, 0, 3, 1, 0, 0, 2), strict=True))  # 11 batches
+    agg = MetricsAggregator()
+    agg.update({"shard": 0, "pid": 1, "time": 1.0, "batches": 11, "recv_calls": 40,
+                "recv_calls_hist": per_bucket})
+    samples = {(s.name, s.labels.get("le")): s.value
+               for s in _scrape(agg.report)[prometheus.HISTOGRAM].samples
+               if s.labels["shard"] == "0"}
+    name = prometheus.HISTOGRAM
+    assert [samples[(f"{name}_bucket", le)] for le in ("1", "2", "4", "8", "16", "32", "+Inf")
+            ] == [5, 5, 8, 9, 9, 9, 11]
+    assert samples[(f"{name}_count", None)] == 11
+    assert samples[(f"{name}_sum", None)] == 40  # recv_calls: _sum/_count is the mean ratio
 
 
 def test_histogram_labels_are_the_committers_everywhere() -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -177,11 +181,26 @@ def test_create_twice_and_attach_missing(segment_name: str) -> None:
         SegmentReader("shardbroker-no-such-segment")
 
 
-def test_reader_is_read_only(segment_name: str) -> None:
+# A reader's process writes one byte through the raw address of its mapping: the kernel, not
+# a Python flag, must refuse it (SIGSEGV), and the segment must be unchanged.
+_WRITE_THROUGH_READER = """
+import ctypes, sys
+import numpy as np
+from shardbroker import SegmentReader
+r = SegmentReader(sys.argv[1])
+ctypes.memset(np.frombuffer(r._m.buf, dtype=np.uint8).ctypes.data, 0x5A, 1)
+print("written")
+"""
+
+
+def test_reader_mapping_refuses_writes(segment_name: str) -> None:
     m = shm.create(segment_name, layout.Geometry(1, 4, 1 << 20))
     try:
-        with SegmentReader(segment_name) as r, pytest.raises(TypeError):
-            r._m.buf[0] = 1
+        first = m.buf[0]
+        child = subprocess.run([sys.executable, "-c", _WRITE_THROUGH_READER, segment_name],
+                               capture_output=True, timeout=60)
+        assert child.returncode == -signal.SIGSEGV, (child.returncode, child.stdout)
+        assert m.buf[0] == first
     finally:
         m.close()
 
@@ -189,7 +208,14 @@ def test_reader_is_read_only(segment_name: str) -> None:
 def test_prefault_populates(segment_name: str) -> None:
     m = shm.create(segment_name, layout.Geometry(1, 4, 4 << 20))
     try:
-        assert shm.prefault(m) >= 0
+        total = m.geometry.total_bytes
+        assert os.stat(f"/dev/shm/{segment_name}").st_blocks * 512 < total  # not yet
+        chunks: list[None] = []
+        t0 = time.perf_counter()
+        took = shm.prefault(m, between_chunks=lambda: chunks.append(None), chunk=1 << 20)
+        wall = time.perf_counter() - t0
+        assert 0 < took <= wall  # the seconds it reports are the time it took
+        assert len(chunks) == -(-total // (1 << 20))
         assert os.stat(f"/dev/shm/{segment_name}").st_blocks * 512 >= 4 << 20
     finally:
         m.close()

@@ -219,12 +219,6 @@ def test_failed_skip_success_link_member_posts_the_only_completion(
         b2.close()
 
 
-@pytest.mark.skipif(not PROBE.lowat_chain, reason=f"no linked SETSOCKOPT: "
-                    f"{PROBE.lowat_chain_reason or PROBE.reason}")
-def test_linked_setsockopt_runs_with_its_queued_values() -> None:
-    assert u.probe_lowat_chain(PROBE.setup_flags) == (True, "")
-
-
 @needs_uring
 def test_close_releases_the_rings() -> None:
     r = u.Ring(8)

@@ -1,6 +1,8 @@
 """How a caught-up reader waits for the next commit without spinning a core.
 
-Two ways, measured side by side (issue #9 note; ``python -m shardbroker.consumer.measure``):
+It lives in segment/ because both the read-only ``SegmentReader`` and the named ``Consumer``
+(consumer/) wait with it. Two ways, measured side by side (issue #9 note;
+``python -m shardbroker.consumer.measure``):
 
 ``FutexWait`` (the default of ``Consumer`` and ``shardbroker tail --follow``): sleep in the
 kernel on the segment's ``commit_wake`` word; a writer that sees the ``sleepers`` flag bumps the
@@ -20,10 +22,22 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Protocol
 
 from shardbroker.errors import SegmentError
 from shardbroker.platform import linux
+from shardbroker.segment import shm
 from shardbroker.segment.layout import SEG_COMMIT_WAKE, SEG_SLEEPERS, U32
+
+
+class Waiter(Protocol):
+    """How a caught-up follower waits (``SegmentReader.follow(wait=...)``). A waiter that
+    also has ``arm()`` is armed before the follower's last poll (see FutexWait)."""
+
+    def wait(self, limit_s: float | None = None) -> None: ...
+
+    def reset(self) -> None: ...
+
 
 BACKOFF_MIN_S = 20e-6
 BACKOFF_MAX_S = 0.002
@@ -58,8 +72,6 @@ class FutexWait:
     access to the segment (the ``sleepers`` flag); ``arm()`` comes before the last poll."""
 
     def __init__(self, segment: str, max_s: float = FUTEX_MAX_S) -> None:
-        from shardbroker.segment import shm
-
         if not linux.futex_supported():
             raise OSError(f"no futex syscall number for this machine ({os.uname().machine})")
         self._page = shm.map_header_page(segment)
