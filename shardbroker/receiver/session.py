@@ -33,10 +33,11 @@ EV_PARKED (retention ``block``: no room; stop reading until ``resume`` succeeds)
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from shardbroker.errors import SegmentError
 from shardbroker.receiver.committer import ShardCommitter, hist_bucket
-from shardbroker.segment.layout import last_committed_batch_seq
+from shardbroker.segment.layout import committed_batch_seqs
 from shardbroker.wire.protocol import (
     BATCH_HEADER_SIZE,
     HANDSHAKE_SIZE,
@@ -71,7 +72,8 @@ class Session:
 
     __slots__ = (
         "c", "limits", "hot", "hv", "cap", "max_cap", "pos", "fill", "phase", "direct_min", "exact",
-        "handshake", "client_id", "topic_idx", "dedupe_below", "acks", "acked",
+        "handshake", "client_id", "topic_idx", "dedupe_below", "dedupe_seqs", "resent", "acks",
+        "acked",
         "target", "left", "res_abs", "size", "batch_seq", "orig_seq", "num_msg", "epoch",
         "duplicate", "parked", "batches", "bytes_in", "reads", "batch_first_read",
         "waiting_since_ns",
@@ -96,7 +98,12 @@ class Session:
         self.handshake: Handshake | None = None
         self.client_id = 0
         self.topic_idx = 0
-        self.dedupe_below = 0  # batch_seqs below this were committed before (a reconnect)
+        # A reconnect: batch_seqs below ``dedupe_below`` may be resends. Those listed in
+        # ``dedupe_seqs`` (sorted numpy uint64, from the segment at the handshake) or
+        # ``resent`` (committed on this connection since) are acked, not committed twice.
+        self.dedupe_below = 0
+        self.dedupe_seqs: Any = None
+        self.resent: set[int] = set()
         self.acks = False  # ack level >= 1: count what is committed for the publisher
         self.acked = 0  # cumulative messages committed for this client on this connection
         self.target: memoryview | None = None  # direct: where the payload's rest goes
@@ -238,10 +245,12 @@ class Session:
     def restore(self, st: dict[str, object]) -> None:
         self.acked = int(st["acked"])  # type: ignore[call-overload]
         self.batches = int(st["batches"])  # type: ignore[call-overload]
-        self.dedupe_below = int(st.get("dedupe_below", 0))  # type: ignore[call-overload]
         hs = st["handshake"]
         if hs is not None:
             self._accept_handshake(Handshake(**hs), dedupe=False)  # type: ignore[arg-type]
+        below = int(st.get("dedupe_below", 0))  # type: ignore[call-overload]
+        if below:  # the segment as it is now: it also holds what the first receiver took
+            self._load_dedupe(below)
 
     # ------------------------------------------------------------------ parsing
 
@@ -277,13 +286,28 @@ class Session:
         if dedupe:
             # A reconnecting publisher resends what was not acked: batches already committed
             # (in any shard) are received and acked but not committed twice.
-            w = c.writer
-            last = last_committed_batch_seq(w.buf, w.geometry, hs.client_id)
-            self.dedupe_below = 0 if last is None else last + 1
+            self._load_dedupe(None, hs.client_id)
         self.handshake = hs
         self.client_id = hs.client_id
         self.acks = hs.ack >= 1
         self.phase = PHASE_STREAM
+
+    def _load_dedupe(self, below: int | None, client_id: int | None = None) -> None:
+        """Which of this client's batch_seqs the segment holds; ``below``: the mark to keep
+        (None: one past the highest held)."""
+        w = self.c.writer
+        seqs = committed_batch_seqs(w.buf, w.geometry,
+                                    self.client_id if client_id is None else client_id)
+        self.dedupe_seqs = seqs
+        self.dedupe_below = (int(seqs[-1]) + 1 if len(seqs) else 0) if below is None else below
+
+    def _already_committed(self, seq: int) -> bool:
+        """A batch_seq below the dedupe mark: is this exact batch in the segment already?"""
+        if seq in self.resent:
+            return True
+        seqs = self.dedupe_seqs
+        i = int(seqs.searchsorted(seq))
+        return i < len(seqs) and int(seqs[i]) == seq
 
     def _carve(self) -> int:
         """Commit every complete batch in hot[pos:fill]; start a direct payload when a large
@@ -358,7 +382,7 @@ class Session:
                 self._start_direct(seq, orig, num_msg, epoch, size)
                 pos = self.pos
                 break
-            if seq < dedupe_below:
+            if seq < dedupe_below and self._already_committed(seq):
                 c.duplicates_skipped += 1  # already committed before a reconnect: ack only
             elif not (in_flight or validate):
                 append(hv[pos + BATCH_HEADER_SIZE: end], seq, orig, cid, num_msg, epoch, topic)
@@ -373,6 +397,8 @@ class Session:
                     committed = messages = nbytes = 0
                     c.check_payload(blog_abs, size, num_msg)
                 commit(blog_abs, size, seq, orig, cid, num_msg, epoch, topic)
+            if seq < dedupe_below:
+                self.resent.add(seq)  # in the segment now, if it was not before
             committed += 1
             messages += num_msg
             nbytes += size
@@ -448,7 +474,7 @@ class Session:
         self.num_msg = num_msg
         self.epoch = epoch
         self.size = size
-        self.duplicate = seq < self.dedupe_below
+        self.duplicate = seq < self.dedupe_below and self._already_committed(seq)
         blog_abs = c.writer.reserve_abs(size)
         c.check_laps()
         c.writer.publish_head()  # it shows at once: this payload may take a while
@@ -480,6 +506,8 @@ class Session:
                 c.check_payload(self.res_abs, self.size, self.num_msg)
             c.writer.commit_slot(self.res_abs, self.size, self.batch_seq, self.orig_seq,
                                  self.client_id, self.num_msg, self.epoch, self.topic_idx)
+            if self.batch_seq < self.dedupe_below:
+                self.resent.add(self.batch_seq)
         # the next batch begins in this read (spilled bytes) or the next
         self._publish(1, self.num_msg, self.size)
         self.waiting_since_ns = 0

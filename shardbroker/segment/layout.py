@@ -399,24 +399,29 @@ def pbr_ring_view(buf: memoryview | bytes, g: Geometry, shard: int) -> Any:
                          offset=g.pbr_offset(shard)).reshape(g.pbr_slots, BATCH_HEADER_SIZE)
 
 
-def last_committed_batch_seq(buf: memoryview | bytes, g: Geometry, client_id: int
-                             ) -> int | None:
-    """Highest batch_seq committed for ``client_id`` in any shard's PBR ring (None: none).
+def committed_batch_seqs(buf: memoryview | bytes, g: Geometry, client_id: int) -> Any:
+    """Every batch_seq committed for ``client_id`` in any shard whose payload is still in the
+    segment, sorted and unique, as a numpy uint64 array (8 bytes each: a long-lived connection
+    keeps it).
 
     Vectorised over the rings (numpy views, no copy of the segment): a reconnecting publisher
-    resends its unacked batches, and this tells the receiver which of them are already in.
-    """
-    best: int | None = None
+    resends its unacked batches, and this tells the receiver which of them are already in. An
+    exact set, not a high-water mark: a publisher that spreads its batches over several brokers
+    may resend an old batch_seq this segment never held, and a batch whose payload was
+    overwritten is no longer in the segment, so its resend is committed again."""
+    import numpy as np
+
+    found = []
     for s in range(g.shard_count):
         ring = pbr_ring_view(buf, g, s)
         u64 = ring.view("<u8")  # 16 words per slot
         u32 = ring.view("<u4")  # 32 words per slot
+        reclaim = read_shard_state(buf, g, s).blog_reclaim
         committed = (u64[:, SLOT_PUBLISH_COMMIT // 8] == u64[:, 56 // 8]) & \
-            (u32[:, SLOT_BATCH_COMPLETE // 4] == 1) & (u32[:, 16 // 4] == client_id)
-        if committed.any():
-            top = int(u64[committed, 0].max())
-            best = top if best is None else max(best, top)
-    return best
+            (u32[:, SLOT_BATCH_COMPLETE // 4] == 1) & (u32[:, 16 // 4] == client_id) & \
+            (u64[:, SLOT_BLOG_ABS // 8] >= reclaim)
+        found.append(u64[committed, 0])
+    return np.unique(np.concatenate(found))
 
 
 # --------------------------------------------------------------------------- consumers

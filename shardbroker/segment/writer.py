@@ -187,29 +187,11 @@ class ShardWriter:
         every small batch. Only for a writer with no receive in flight into BLog space this
         reservation could lap (the caller checks); the order of stores is the same."""
         size = len(payload)
-        head = self.head
-        blog = self.blog_bytes
-        off_in = head % blog
-        start = head if off_in + size <= blog else head + blog - off_in
-        end = start + size
-        buf = self.buf
-        if end - blog > self.reclaim:
-            self.reclaim = end - blog
-            U64.pack_into(buf, self.base + SH_BLOG_RECLAIM, end - blog)
-        self.head = end
-        at = self.blog_off + start % blog
-        buf[at: at + size] = payload
-        idx = self.next_index
-        off = self.pbr_off + (idx % self.slots) * BATCH_HEADER_SIZE
-        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, UINT64_MAX)
-        SLOT.pack_into(
-            buf, off, batch_seq, orig_seq, client_id, num_msg, 1, self.broker_id,
-            session_epoch, self.batch_id_base | idx, idx, size, self.messages, at,
-            UINT64_MAX, start, topic_idx)
-        U64.pack_into(buf, off + SLOT_PUBLISH_COMMIT, idx)
-        self.next_index = idx + 1
-        self.messages += num_msg
-        self.bytes += size
+        start = self.reserve_abs(size)
+        at = self.blog_off + start % self.blog_bytes
+        self.buf[at: at + size] = payload
+        self.commit_slot(start, size, batch_seq, orig_seq, client_id, num_msg, session_epoch,
+                         topic_idx)
 
     def append_run(self, stream: memoryview, start: int, end: int,
                    headers: list[tuple[int, int, int, int, int, int]], topic_idx: int) -> None:
@@ -224,19 +206,10 @@ class ShardWriter:
         about half as much per byte as a copy per batch. Same preconditions as ``append``.
         Stores, in the commit protocol's order: reclaim, payload bytes, every slot
         invalidated, every slot's fields, every slot's publish_commit."""
-        run = end - start
-        head = self.head
-        blog = self.blog_bytes
-        off_in = head % blog
-        first = head if off_in + run <= blog else head + blog - off_in
-        last = first + run
+        first = self.reserve_abs(end - start)
         buf = self.buf
-        if last - blog > self.reclaim:
-            self.reclaim = last - blog
-            U64.pack_into(buf, self.base + SH_BLOG_RECLAIM, last - blog)
-        self.head = last
-        at = self.blog_off + first % blog
-        buf[at: at + run] = stream[start:end]
+        at = self.blog_off + first % self.blog_bytes
+        buf[at: at + end - start] = stream[start:end]
         idx0 = self.next_index
         n = len(headers)
         commits = self._commit_words(idx0, n)
@@ -323,9 +296,6 @@ class ShardWriter:
             self._room_index = low + self.slots
             self._room_blog = needed + self.blog_bytes
         return self.next_index < self._room_index and end <= self._room_blog
-
-    def is_lapped(self, r: Reservation) -> bool:
-        return r.blog_abs < self.reclaim
 
     def commit(self, r: Reservation, batch_seq: int, orig_seq: int, client_id: int,
                num_msg: int, session_epoch: int, topic_idx: int) -> int:

@@ -221,19 +221,39 @@ def test_prefault_populates(segment_name: str) -> None:
         m.close()
 
 
-def test_last_committed_batch_seq_across_shards(segment_name: str) -> None:
+def test_committed_batch_seqs_across_shards_exact_not_a_mark(segment_name: str) -> None:
     m = shm.create(segment_name, layout.Geometry(2, 8, 1 << 20))
     try:
         w0, w1 = ShardWriter(m, 0, 0), ShardWriter(m, 1, 0)
-        assert layout.last_committed_batch_seq(m.buf, m.geometry, 5) is None
-        for seq in range(3):
+
+        def seqs(client: int) -> list[int]:
+            return layout.committed_batch_seqs(m.buf, m.geometry, client).tolist()
+
+        assert seqs(5) == []
+        for seq in (0, 2, 4):  # a publisher spreading over brokers: gaps are someone else's
             _publish(w0, 5, seq, [b"x"])
         _publish(w1, 5, 7, [b"y"])  # the client reconnected to another receiver
+        _publish(w1, 5, 2, [b"y"])  # the same seq in two shards is listed once
         _publish(w1, 6, 40, [b"z"])
         w0.reserve(100)  # in flight, never committed: must not count
-        assert layout.last_committed_batch_seq(m.buf, m.geometry, 5) == 7
-        assert layout.last_committed_batch_seq(m.buf, m.geometry, 6) == 40
-        assert layout.last_committed_batch_seq(m.buf, m.geometry, 99) is None
+        assert seqs(5) == [0, 2, 4, 7]
+        assert seqs(6) == [40] and seqs(99) == []
+    finally:
+        m.close()
+
+
+def test_committed_batch_seqs_leaves_out_overwritten_payloads(segment_name: str) -> None:
+    """A batch whose BLog bytes were reclaimed is no longer in the segment: its resend must be
+    committed again, so it is not listed."""
+    m = shm.create(segment_name, layout.Geometry(1, 64, 64 << 10))
+    try:
+        w = ShardWriter(m, 0, 0)
+        _publish(w, 5, 0, [b"a" * 1000])
+        _publish(w, 6, 0, [b"b" * (40 << 10)])
+        assert layout.committed_batch_seqs(m.buf, m.geometry, 5).tolist() == [0]
+        _publish(w, 6, 1, [b"c" * (40 << 10)])  # wraps: client 5's payload is overwritten
+        assert layout.committed_batch_seqs(m.buf, m.geometry, 5).tolist() == []
+        assert layout.committed_batch_seqs(m.buf, m.geometry, 6).tolist() == [1]
     finally:
         m.close()
 

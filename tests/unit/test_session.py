@@ -517,3 +517,37 @@ def test_feed_takes_bytes_from_a_drivers_own_buffers(rig: Rig) -> None:
     assert events & EV_HANDSHAKE and events & EV_ACK
     assert rig.committed() == expected(pls)
     assert s.acked == sum(n for n, _ in pls)
+
+
+def test_a_resend_the_segment_never_held_is_committed_below_the_mark(rig: Rig) -> None:
+    """A publisher spreading its batches over several brokers: this segment holds 0, 2 and 4
+    of the client's, so after a reconnect 1 and 3 (sent elsewhere first, then resent here)
+    are committed, while 2 and 4 are acked only, and a second resend of 3 is a duplicate."""
+    pls = {i: (1, payload(i, [64])) for i in range(6)}
+    first = p.encode_handshake(p.Handshake(CLIENT, 1, 0, "topic"))
+    for seq in (0, 2, 4):
+        first += batch(seq, pls[seq][1], 1)
+    drive(rig.session(), first, [])
+    again = p.encode_handshake(p.Handshake(CLIENT, 1, 0, "topic"))
+    for seq in (1, 2, 3, 4, 3, 5):
+        again += batch(seq, pls[seq][1], 1)
+    s = rig.session()
+    drive(s, again, [len(again) // 2])
+    got = rig.committed()
+    assert sorted(seq for seq, _ in got) == [0, 1, 2, 3, 4, 5]
+    assert all(body == pls[seq][1] for seq, body in got)
+    assert s.acked == 6 and rig.committer.duplicates_skipped == 3
+
+
+def test_hand_over_keeps_the_exact_dedupe(rig: Rig) -> None:
+    pls = {i: (1, payload(i, [64])) for i in range(4)}
+    first = p.encode_handshake(p.Handshake(CLIENT, 1, 0, "topic")) + batch(2, pls[2][1], 1)
+    drive(rig.session(), first, [])
+    a = rig.session()
+    drive(a, p.encode_handshake(p.Handshake(CLIENT, 1, 0, "topic")) + batch(1, pls[1][1], 1),
+          [])
+    b = rig.session()
+    b.restore(a.to_state())  # moved to another receiver at a batch boundary
+    drive(b, batch(2, pls[2][1], 1) + batch(1, pls[1][1], 1) + batch(0, pls[0][1], 1), [])
+    assert sorted(seq for seq, _ in rig.committed()) == [0, 1, 2]
+    assert rig.committer.duplicates_skipped == 2
