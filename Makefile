@@ -81,9 +81,9 @@ bench-small: bench-deps
 # Consumers (issue #9): read GB/s while publishing, `block` vs `overwrite`, futex vs backoff.
 bench-consumers: venv
 	@mkdir -p $(BENCH_OUT)
-	$(BIN)/python -m shardbroker.consumer.measure --repeat 3 --total 2GiB \
+	$(BIN)/python -m shardbroker.bench.consumers --repeat 3 --total 2GiB \
 	  --json $(BENCH_OUT)/consumers-2MiB.json
-	$(BIN)/python -m shardbroker.consumer.measure --repeat 3 --total 1GiB --batch-size 64KiB \
+	$(BIN)/python -m shardbroker.bench.consumers --repeat 3 --total 1GiB --batch-size 64KiB \
 	  --json $(BENCH_OUT)/consumers-64KiB.json
 
 clean:

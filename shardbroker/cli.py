@@ -18,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
     """No prefix matching: ``--thread 2`` must not silently mean ``--threads 2``.
 
     Passed as ``parser_class`` so every subparser gets it, including the ones that
-    ``bench`` and ``consumer.cli`` add through ``sub.add_parser``."""
+    ``bench`` and ``cli_consumers`` add through ``sub.add_parser``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -215,7 +215,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="do not start a broker when none is running")
     doc.add_argument("--json", action="store_true")
     from shardbroker.bench import add_parser as add_bench_parser
-    from shardbroker.consumer.cli import add_parsers as add_consumer_parsers
+    from shardbroker.cli_consumers import add_parsers as add_consumer_parsers
 
     add_consumer_parsers(sub)
 
@@ -489,13 +489,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
-    from shardbroker.consumer.cli import cmd_tail as run
+    from shardbroker.cli_consumers import cmd_tail as run
 
     return run(a)
 
 
 def cmd_consumers(a: argparse.Namespace) -> int:
-    from shardbroker.consumer.cli import cmd_consumers as run
+    from shardbroker.cli_consumers import cmd_consumers as run
 
     return run(a)
 

@@ -6,6 +6,8 @@ Modules: scenarios (what is run, CPU plan), contenders/ (one module per contende
 and wire (the protocol publishers), procs (child processes), measure (/proc readers),
 datacheck (no figure from a broken run), stats (medians, ratios), runner (interleaving),
 document (the JSON result and targets), report (table, Markdown), plot (matplotlib).
+consumers is a benchmark of its own (``make bench-consumers``): consumers' read rate,
+retention ``block`` against ``overwrite``, and how fast a waiting reader wakes.
 """
 
 from shardbroker.bench.cli import add_parser, run_from_args

@@ -18,12 +18,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import NoReturn
 
 from shardbroker.errors import PublishError
+from shardbroker.publisher.batcher import MessageBatcher
 from shardbroker.publisher.connection import AckStream, open_connection, send_batch
-from shardbroker.wire.protocol import MESSAGE_HEADER, MESSAGE_HEADER_SIZE, message_stride
 
 
 @dataclass(slots=True)
@@ -74,8 +75,9 @@ class Publisher:
         self._in_flight: deque[_InFlight] = deque()
         self._acks = AckStream()
         self._closed_reason: str | None = None
-        self._batch = bytearray()
-        self._batch_msgs = 0
+        self._messages = MessageBatcher(batch_bytes, self.client_id,
+                                        lambda: self.next_batch_seq,
+                                        partial(self._publish, owned=True))
         self.sock = self._connect()
 
     def _connect(self) -> socket.socket:
@@ -102,19 +104,7 @@ class Publisher:
 
     def publish(self, data: bytes | bytearray | memoryview) -> None:
         """Queue one message; a full batch goes out (and may wait for acks)."""
-        if self._batch and len(self._batch) + message_stride(len(data)) > self.batch_bytes:
-            self._send_pending()
-        append_message(self._batch, self._batch_msgs, data, self.client_id,
-                       self.next_batch_seq)
-        self._batch_msgs += 1
-        if len(self._batch) >= self.batch_bytes:
-            self._send_pending()
-
-    def _send_pending(self) -> None:
-        if self._batch_msgs:
-            payload, n = self._batch, self._batch_msgs
-            self._batch, self._batch_msgs = bytearray(), 0
-            self._publish(payload, n, owned=True)
+        self._messages.add(data)
 
     def publish_batch(self, payload: bytes | bytearray | memoryview, num_msg: int) -> int:
         """Send one already framed batch (``num_msg`` messages). Returns its batch_seq."""
@@ -152,7 +142,7 @@ class Publisher:
 
     def flush(self, timeout: float | None = None) -> None:
         """Send the partial batch and wait until every batch is acked."""
-        self._send_pending()
+        self._messages.send_pending()
         if not self.ack:
             return
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -278,16 +268,6 @@ class Publisher:
         self.acked_messages = self._acked_before_conn + count
         while self._in_flight and self._in_flight[0].conn_cum <= count:
             self._in_flight.popleft()
-
-
-def append_message(batch: bytearray, counter: int, data: bytes | bytearray | memoryview,
-                   client_id: int, batch_seq: int) -> None:
-    """Frame one message (64-byte header, data, padding) onto the end of ``batch``."""
-    off = len(batch)
-    batch += bytes(message_stride(len(data)))
-    MESSAGE_HEADER.pack_into(batch, off, len(data), 0, time.time_ns(), counter, 0, 0, 0, 0,
-                             client_id, batch_seq & 0xFFFF_FFFF, 0)
-    batch[off + MESSAGE_HEADER_SIZE: off + MESSAGE_HEADER_SIZE + len(data)] = data
 
 
 def random_client_id() -> int:

@@ -33,11 +33,12 @@ import select
 import socket
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any
 
 from shardbroker.errors import PublishError
-from shardbroker.publisher.client import append_message
+from shardbroker.publisher.batcher import MessageBatcher
 from shardbroker.publisher.connection import Payload, send_batch
 from shardbroker.publisher.failover import Resends
 from shardbroker.publisher.link import DOWN, LEFT, UP, BrokerLink, OutBatch
@@ -49,7 +50,6 @@ from shardbroker.publisher.membership import (
     parse_targets,
 )
 from shardbroker.publisher.placement import Placement
-from shardbroker.wire.protocol import message_stride
 
 
 class ClusterPublisher:
@@ -99,8 +99,9 @@ class ClusterPublisher:
         self.acked_bytes = 0
         self._links: dict[Endpoint, BrokerLink] = {}
         self._retired: list[BrokerLink] = []  # brokers that left the membership
-        self._batch = bytearray()
-        self._batch_msgs = 0
+        self._messages = MessageBatcher(batch_bytes, self.client_id,
+                                        lambda: self.next_batch_seq,
+                                        partial(self._publish, owned=True))
         self._source_calls = 0
         now = self.clock()
         for e in self.membership.start(now):
@@ -130,18 +131,7 @@ class ClusterPublisher:
 
     def publish(self, data: bytes | bytearray | memoryview) -> None:
         """Queue one message; a full batch goes out (and may wait for acks)."""
-        if self._batch and len(self._batch) + message_stride(len(data)) > self.batch_bytes:
-            self._send_pending_messages()
-        append_message(self._batch, self._batch_msgs, data, self.client_id, self.next_batch_seq)
-        self._batch_msgs += 1
-        if len(self._batch) >= self.batch_bytes:
-            self._send_pending_messages()
-
-    def _send_pending_messages(self) -> None:
-        if self._batch_msgs:
-            payload, n = self._batch, self._batch_msgs
-            self._batch, self._batch_msgs = bytearray(), 0
-            self._publish(payload, n, owned=True)
+        self._messages.add(data)
 
     def publish_batch(self, payload: Payload, num_msg: int) -> int:
         """Send one already framed batch (``num_msg`` messages). Returns its batch_seq."""
@@ -173,7 +163,7 @@ class ClusterPublisher:
 
     def flush(self, timeout: float | None = None) -> None:
         """Send the partial batch and wait until every batch is acked by some broker."""
-        self._send_pending_messages()
+        self._messages.send_pending()
         if not self.ack:
             return
         deadline = self.clock() + (self.timeout if timeout is None else timeout)

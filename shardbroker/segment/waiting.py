@@ -2,7 +2,7 @@
 
 It lives in segment/ because both the read-only ``SegmentReader`` and the named ``Consumer``
 (consumer/) wait with it. Two ways, measured side by side (issue #9 note;
-``python -m shardbroker.consumer.measure``):
+``python -m shardbroker.bench.consumers``):
 
 ``FutexWait`` (the default of ``Consumer`` and ``shardbroker tail --follow``): sleep in the
 kernel on the segment's ``commit_wake`` word; a writer that sees the ``sleepers`` flag bumps the

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from shardbroker import SegmentReader
-from shardbroker.consumer.cli import tail_start
+from shardbroker.cli_consumers import tail_start
 from shardbroker.segment import layout, shm
 from shardbroker.segment.reader import FOLLOW_CHUNK
 from shardbroker.segment.writer import ShardWriter

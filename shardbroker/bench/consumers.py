@@ -1,7 +1,7 @@
 """Measure consumers (issue #9): read throughput while publishers stream, what retention
 `block` costs the publish side next to `overwrite`, and how fast a waiting reader wakes.
 
-``python -m shardbroker.consumer.measure [--repeat K] [--total SIZE] [--json FILE]``
+``python -m shardbroker.bench.consumers [--repeat K] [--total SIZE] [--json FILE]``
 
 Modes run interleaved (A B C A B C ...), each on a fresh broker with one receiver and one
 publisher: ``overwrite`` without a consumer (the baseline), ``overwrite`` with a consumer,
@@ -68,7 +68,7 @@ def _one(mode: str, total: int, batch: int, blog: str) -> dict[str, Any]:
         b.start()
         if mode.endswith("+consumer"):
             consumer = subprocess.Popen(
-                [sys.executable, "-m", "shardbroker.consumer.measure", "--consume", seg],
+                [sys.executable, "-m", "shardbroker.bench.consumers", "--consume", seg],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             _await_consumer(seg)
         spec = loadgen.LoadSpec(host=b.host, port=b.port, connections=1, batch_bytes=batch,
@@ -126,7 +126,7 @@ def wake_latency(kind: str, commits: int = 400, period_s: float = 0.005) -> dict
     writer = None
     try:
         writer = subprocess.Popen(
-            [sys.executable, "-m", "shardbroker.consumer.measure", "--write", seg,
+            [sys.executable, "-m", "shardbroker.bench.consumers", "--write", seg,
              "--commits", str(commits), "--period", str(period_s)], stdout=subprocess.PIPE)
         delays = []
         from shardbroker.segment.reader import SegmentReader
@@ -185,7 +185,7 @@ def _write(seg: str, commits: int, period_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     from shardbroker.config import parse_size
 
-    p = argparse.ArgumentParser(prog="python -m shardbroker.consumer.measure",
+    p = argparse.ArgumentParser(prog="python -m shardbroker.bench.consumers",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--total", default="2GiB", help="bytes published per run")

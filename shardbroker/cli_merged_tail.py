@@ -12,7 +12,7 @@ import sys
 from collections import deque
 from typing import Any
 
-from shardbroker.consumer.cli import batch_record, print_record
+from shardbroker.cli_consumers import batch_record, print_record
 from shardbroker.segment.merge import MergedReader
 
 

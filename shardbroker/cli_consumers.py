@@ -150,7 +150,7 @@ def tail_start(a: argparse.Namespace, reader: SegmentReader,
 def cmd_tail(a: argparse.Namespace) -> int:
     segments = a.segment or []
     if len(segments) > 1:
-        from shardbroker.consumer.merged_tail import tail_merged
+        from shardbroker.cli_merged_tail import tail_merged
 
         return tail_merged(a, segments)
     a.segment = segments[0] if segments else None
