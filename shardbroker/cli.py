@@ -265,7 +265,10 @@ def cmd_status(a: argparse.Namespace) -> int:
     for r in st["receivers"]:
         print(f"  shard {r['shard']}: pid {r['pid']} {r['state']} cpu {r['cpu']} "
               f"(allowed {r['allowed_cpus']}), {r['open_connections']} connections, "
-              f"{r['restarts']} restarts, backend {r['backend']}")
+              f"{r['restarts']} restarts ({r.get('watchdog_kills', 0)} by the watchdog), "
+              f"backend {r['backend']}")
+    if st.get("scale_failure"):
+        print(f"  last scale-up failed: {st['scale_failure']} (that shard stays inactive)")
     consumers = st.get("consumers", [])
     print(f"  retention {st.get('retention', 'overwrite')}, {len(consumers)} consumers"
           + "".join(f"; {c['name']} {c['state']} lag {sum(c['lag'])}" for c in consumers))

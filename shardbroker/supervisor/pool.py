@@ -4,10 +4,12 @@ and live scaling. It never waits: the supervisor's loop hands it each control me
 
 Gunicorn-arbiter rules: a receiver that fails at boot (a ``fail`` message, an exit before
 ``ready``, or no ``ready`` within BOOT_TIMEOUT_S) sets ``boot_failure`` and the supervisor
-stops instead of starting a respawn loop; a receiver that dies after it was ready is restarted
-on the same shard and CPU after ``broker.restart_backoff_s``. A ready receiver whose shard
-heartbeat (written every 0.5 s by its loop) is older than ``broker.heartbeat_timeout_s`` is
-wedged (stopped, or stuck in a call that never returns): it is killed, and so restarted.
+stops instead of starting a respawn loop, except a receiver that ``scale`` added: the broker
+serves on with the receivers it had, and ``scale_failure`` says why. A receiver that dies
+after it was ready is restarted on the same shard and CPU after ``broker.restart_backoff_s``.
+A ready receiver whose shard heartbeat (written every 0.5 s by its loop) is older than
+``broker.heartbeat_timeout_s`` is wedged (stopped, or stuck in a call that never returns):
+it is killed, and so restarted.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ReceiverPool:
         self.reuseport_listen = ""  # HOST:PORT receivers listen on themselves ("" = no)
         self.restarting = True  # False once the broker stops: the dead stay dead
         self.boot_failure: str | None = None
+        self.scale_failure = ""  # why the last scale-up's receiver did not boot ("" = none)
         self.watchdog_kills = 0
         self.rebalance_pending = False  # after a scale-up, once the new receivers are ready
         self.next_watch = 0.0
@@ -79,8 +82,30 @@ class ReceiverPool:
                      if s.control is not None and s.control.fileno() == fd), None)
 
     def _boot_failed(self, slot: ReceiverSlot, detail: str) -> None:
-        if self.boot_failure is None:
-            self.boot_failure = f"receiver {slot.shard} failed at boot: {detail}"
+        why = f"receiver {slot.shard} failed at boot: {detail}"
+        if slot.scaling_up:
+            self._give_up_scaling(slot, why)
+        elif self.boot_failure is None:
+            self.boot_failure = why
+
+    def _give_up_scaling(self, slot: ReceiverSlot, why: str) -> None:
+        """A receiver ``scale`` added cannot boot: the broker keeps serving with the receivers
+        it had (stopping it would drop every publisher for one new shard), the shard goes back
+        to inactive and ``scale_failure`` (status) says why."""
+        self.scale_failure = why
+        self.log.error("supervisor.scale.boot_failed", shard=slot.shard, error=why,
+                       action="shard left inactive; the broker serves on")
+        slot.scaling_up = False
+        slot.state = INACTIVE
+        proc = slot.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+        if slot.control is not None:
+            self._channel_closed(slot)
+        if self.rebalance_pending and self.all_ready():
+            self.rebalance_pending = False
+            self.rebalance()
 
     # ------------------------------------------------------------------ messages
 
@@ -109,6 +134,7 @@ class ReceiverPool:
         match msg:
             case messages.Ready(info=info):
                 slot.info, slot.ready, slot.booted = info, True, True
+                slot.scaling_up = False
                 if slot.restarts:
                     self.log.info("supervisor.receiver.restarted", shard=slot.shard,
                                   pid=slot.proc.pid if slot.proc else None,
@@ -194,7 +220,7 @@ class ReceiverPool:
                 continue
             if slot.control is not None:
                 self._channel_closed(slot)
-            if slot.state == RETIRING:
+            if slot.state in (RETIRING, INACTIVE):  # retired, or a scale-up given up
                 slot.state, slot.proc = INACTIVE, None
                 self.log.info("supervisor.receiver.stopped", shard=slot.shard, pid=proc.pid)
                 continue
@@ -247,6 +273,8 @@ class ReceiverPool:
         if n > len(active):
             for slot in [s for s in self.slots if s.state == INACTIVE][:n - len(active)]:
                 slot.state = ACTIVE
+                slot.scaling_up = True
+                self.scale_failure = ""
                 self.spawn(slot)
             self.rebalance_pending = True
         for slot in active[n:]:

@@ -255,6 +255,7 @@ class Supervisor:
             "uptime_s": round(time.time() - self.started_at, 1),
             "accept_rejected": dict(self.admission.rejected),
             "watchdog_kills": self.pool.watchdog_kills if self.pool else 0,
+            "scale_failure": self.pool.scale_failure if self.pool else "",
             "receivers": [s.status() for s in self.slots if s.state != INACTIVE],
             "placement": self.placement.to_dict(),
             "segment_placement": self.segment.placement_report(),

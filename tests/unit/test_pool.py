@@ -139,3 +139,21 @@ def test_no_watchdog_when_the_timeout_is_zero(rig: Any) -> None:
     states[0] = _state(proc.pid, age_s=3600)
     pool.tick(time.monotonic())
     assert proc.signals == []
+
+
+def test_a_scale_up_receiver_that_fails_at_boot_leaves_the_broker_serving(rig: Any) -> None:
+    pool, launcher, states, log = rig
+    states[0] = _state(_one_ready_receiver(pool, launcher).pid, age_s=0.0)
+    pool.scale(2)
+    new_proc, theirs = launcher.children[1]
+    theirs.send(messages.encode(messages.Fail("CPU 1 is not allowed")))
+    pool.on_message(pool.slots[1])
+    assert pool.boot_failure is None  # the broker does not stop for it
+    assert pool.scale_failure == "receiver 1 failed at boot: CPU 1 is not allowed"
+    assert "supervisor.scale.boot_failed" in log.events
+    assert pool.slots[1].state == "inactive" and new_proc.signals == [signal.SIGKILL]
+    pool.tick(time.monotonic() + 1)
+    assert pool.slots[1].proc is None and len(launcher.children) == 2  # not respawned
+    assert [s.shard for s in pool.active()] == [0] and pool.all_ready()
+    pool.scale(2)  # a later scale-up tries again, and clears the old reason
+    assert pool.scale_failure == "" and len(launcher.children) == 3
