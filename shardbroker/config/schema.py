@@ -169,13 +169,14 @@ SO_RCVLOWAT cap: wake a receiver only when min(bytes left in the batch, cap) are
 queued. Fewer wakeups per batch; 0 turns it off.""", size=True, flags=("rcvlowat_cap",))
     readahead: int = key(256 << 10, """
 Per-connection read-ahead buffer: one recv takes every small batch queued (up to this
-many bytes) and each is committed from it with one copy. At least 4KiB.""",
+many bytes) and the whole batches of that read are committed with one copy. At least
+4KiB.""",
                          size=True, minimum=4096, hint="use at least 4KiB (default 256KiB)")
-    direct_min: int = key(128 << 10, """
+    direct_min: int = key(64 << 10, """
 Payloads of at least this size skip the read-ahead buffer and are received straight into
 the segment (capped at readahead minus one header). Measured crossover: README Performance.""",
                           size=True, minimum=1,
-                          hint="default 128KiB; payloads this large go straight to the log")
+                          hint="default 64KiB; payloads this large go straight to the log")
     quickack: bool = key(True, """
 TCP_QUICKACK on accepted sockets (not sticky: the kernel may return to delayed acks).""")
     nodelay: bool = key(True, """

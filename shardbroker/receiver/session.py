@@ -63,7 +63,7 @@ READAHEAD_DEFAULT = 256 << 10
 # A new connection's buffer starts this small and grows (x4, up to the read-ahead) when a read
 # fills it: idle connections cost little memory, busy ones soon read in large pieces.
 READAHEAD_START = 16 << 10
-DIRECT_MIN_DEFAULT = 128 << 10
+DIRECT_MIN_DEFAULT = 64 << 10
 LOWAT_MIN = 64 << 10  # below this, a wakeup for the rest of a batch is not worth arming
 
 

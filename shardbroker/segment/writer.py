@@ -202,7 +202,7 @@ class ShardWriter:
         headers unpacked as (batch_seq, original_seq, client_id, num_msg, session_epoch,
         total_size). The whole run is copied into the BLog in one move, so each payload lands
         ``BATCH_HEADER_SIZE`` bytes after the previous one ends: the wire headers stay in the
-        BLog as gaps no slot points at (1.6 % of a 4 KiB batch), and one large copy costs
+        BLog as gaps no slot points at (3 % of a 4 KiB batch), and one large copy costs
         about half as much per byte as a copy per batch. Same preconditions as ``append``.
         Stores, in the commit protocol's order: reclaim, payload bytes, every slot
         invalidated, every slot's fields, every slot's publish_commit."""
