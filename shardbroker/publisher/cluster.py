@@ -6,20 +6,17 @@ and dedupes by ``(client_id, batch_seq)`` (segment/merge.py). Each batch goes to
 the fewest bytes in flight (or round robin); each broker's acks are tracked on its own.
 
 When a broker fails (reset, EOF, a send error, or no ack progress for ``timeout``), its unacked
-batches are sent again, at once, to the remaining brokers, each batch at most ``retries`` more
-times; the failed broker is reconnected with backoff and, once back (same or new address), used
-again. What a batch whose ack was lost may leave behind: a copy in the failed broker's segment
-and one in another's -- the same key twice across segments, never twice in one segment.
+batches are sent again, at once, to the brokers that are up (placed like new batches, so the
+failed one too once it is back), each batch at most ``retries`` more times; the failed broker
+is reconnected with backoff and, once back (same or new address), used again.
 
-Why a batch may only go where the broker will commit it: at the handshake a broker skips (acks
-without committing) every batch_seq of this client up to the highest one its segment already
-holds -- that is how a reconnecting single-broker publisher avoids duplicates. So a connection
-remembers ``floor``, this client's next batch_seq when the broker confirmed the handshake (its
-broker id arrived): every batch_seq from the floor up is committed there. An older batch goes
-to a connection only if its seq is at least that floor, or if it is being resent to the broker
-it was unacked on and was sent there above every earlier seq (``mono``): the broker's skip is
-then exactly "already committed". Such resends go first on the new connection, before new
-batches, which keeps that property for the next reconnect.
+The contract this relies on: within one broker's segment a batch is committed exactly once --
+at a publisher's handshake the broker looks up which of this client's batch_seqs its segment
+still holds, and skips (acks without committing) a resend of exactly those; any other
+batch_seq, old or new, it commits. So any broker may take any re-sent batch. Across brokers, a
+batch whose ack was lost (committed, then the broker failed before the ack arrived) may be in
+two segments: the failed broker's and the one it was re-sent to. ``(client_id, batch_seq)``
+removes that copy; the merged reader (segment/merge.py) does.
 
 The parts: link.py (one broker: socket, in-flight queue, state, backoff, counters),
 placement.py (which broker takes a batch), failover.py (the batches to send again, the retry
@@ -149,10 +146,10 @@ class ClusterPublisher:
             keep = payload if owned else bytes(payload)
         batch = OutBatch(seq, num_msg, len(payload), keep)
         deadline = self.clock() + self.timeout
-        while (link := self._choose(batch, new=True)) is None:
+        while (link := self._choose()) is None:
             left = deadline - self.clock()
             if left <= 0:
-                raise PublishError(f"batch {seq}: no broker could take it within "
+                raise PublishError(f"batch {seq}: no broker up with room for it within "
                                    f"{self.timeout:g} s", reason="publish.no_broker",
                                    hint="brokers: " + self._errors())
             self._wait(left)
@@ -204,8 +201,8 @@ class ClusterPublisher:
 
     # ------------------------------------------------------------------ sending
 
-    def _choose(self, batch: OutBatch, new: bool) -> BrokerLink | None:
-        return self.placement.choose(self._links.values(), batch, new, self.max_in_flight)
+    def _choose(self) -> BrokerLink | None:
+        return self.placement.choose(self._links.values(), self.max_in_flight)
 
     def _send(self, link: BrokerLink, batch: OutBatch, payload: Payload) -> bool:
         """Send on ``link``; False (and the link failed over) when the send fails."""
@@ -227,28 +224,20 @@ class ClusterPublisher:
         return batch.payload if batch.payload is not None else self._source(batch.seq)
 
     def _resend(self) -> None:
-        """Send pending batches (oldest first) wherever the broker will commit them."""
+        """Send pending batches (oldest first) to any broker that is up and has room.
+
+        Called from ``_maintain``, so before ``_publish`` places a new batch: pending batches
+        take the free room first. Not for the brokers' dedupe (any broker commits any resend
+        it does not hold) but so that a steady stream of new batches cannot starve them: each
+        keeps its bytes in memory until acked, and ``flush`` waits for it."""
         for batch in self.resends.oldest_first():
-            link = self._choose(batch, new=False)
+            link = self._choose()
             if link is None:
-                continue  # stays pending
+                return  # no room anywhere: they stay pending until acks or a broker free some
             payload = self._payload(batch)
             self.resends.sent(batch, link.endpoint.label, self.clock())
             link.resent_in += 1
             self._send(link, batch, payload)  # if that fails too, the batch is pending again
-
-    def _send_inherited(self, link: BrokerLink) -> None:
-        """A broker came back at the same endpoint: first resend what was unacked there and
-        is still pending (ascending), so the broker's skip-if-committed decides each."""
-        for batch in self.resends.oldest_first():
-            if link.state != UP:
-                return
-            if batch.seq not in link.inherit:
-                continue
-            payload = self._payload(batch)
-            self.resends.sent(batch, link.endpoint.label, self.clock(), elsewhere=False)
-            self._send(link, batch, payload)
-        link.inherit.clear()
 
     # ------------------------------------------------------------------ membership, links
 
@@ -282,12 +271,6 @@ class ClusterPublisher:
             if link.state == DOWN and now >= link.next_attempt:
                 self._try_connect(link, now)
         self._resend()
-        if self.resends.stuck_for(now) > self.timeout:
-            pending = self.resends.oldest_first()
-            raise PublishError(f"{len(pending)} unacked batches found no broker to take "
-                               f"them within {self.timeout:g} s (first: batch "
-                               f"{pending[0].seq})", reason="publish.no_broker",
-                               hint="brokers: " + self._errors())
 
     def _retire(self, link: BrokerLink) -> None:
         link.state = LEFT
@@ -296,15 +279,12 @@ class ClusterPublisher:
         self._retired.append(link)
 
     def _try_connect(self, link: BrokerLink, now: float) -> None:
-        if link.connect(self.client_id, self.ack, self.topic, self.connect_timeout,
-                        self.timeout, self.next_batch_seq, now):
-            if link.inherit:
-                self._send_inherited(link)
-        elif not link.listed:
+        if not link.connect(self.client_id, self.ack, self.topic, self.connect_timeout,
+                            self.timeout, now) and not link.listed:
             self._retire(link)
 
     def _fail(self, link: BrokerLink, why: str) -> None:
-        """The broker failed: its unacked batches become pending, to be sent elsewhere."""
+        """The broker failed: its unacked batches become pending, to be sent again (any broker)."""
         now = self.clock()
         self._count_acked(link.drain(now))
         if link.acks.closed_reason is not None:

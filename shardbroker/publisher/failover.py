@@ -3,7 +3,8 @@
 When a broker fails, its unacked batches are taken over here: each failure is recorded as an
 event (which broker, why, how many batches, when the first of them was re-sent and where),
 every batch is checked against the retry bound, and the batches wait in ``pending`` until a
-broker that will commit them takes them. No sockets and no clock: ``now`` is passed in.
+broker that is up and has room takes them (any broker: it commits a resend unless its segment
+holds that exact batch_seq). No sockets and no clock: ``now`` is passed in.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ class Resends:
         self.pending: list[OutBatch] = []
         self.events: list[dict[str, Any]] = []  # one per broker failure
         self.resent = 0  # batches sent again after their broker failed
-        self._pending_since: float | None = None
 
     def take_over(self, broker: str, why: str, unacked: list[InFlight], now: float) -> None:
         """``broker`` failed with ``unacked`` in flight: record the failure and queue them.
@@ -37,8 +37,6 @@ class Resends:
                 spent = b
             b.failover = event
             self.pending.append(b)
-        if self.pending and self._pending_since is None:
-            self._pending_since = now
         if spent is not None:
             raise PublishError(f"batch {spent.seq} was sent {spent.sends} times and never "
                                f"acked (last on {broker}: {why})", reason="publish.retries",
@@ -47,21 +45,14 @@ class Resends:
     def oldest_first(self) -> list[OutBatch]:
         return sorted(self.pending, key=lambda b: b.seq)
 
-    def sent(self, batch: OutBatch, to: str, now: float, elsewhere: bool = True) -> None:
-        """``batch`` left the pending list for broker ``to`` (``elsewhere``: another broker
-        than the one it was unacked on, which is what a failover event times)."""
+    def sent(self, batch: OutBatch, to: str, now: float) -> None:
+        """``batch`` left the pending list for broker ``to``. Its failover event times (and
+        counts) only resends to another broker than the one it was unacked on."""
         self.pending.remove(batch)
         self.resent += 1
-        if elsewhere and batch.failover is not None:
+        if batch.failover is not None:
             ev = self.events[batch.failover]
-            if ev["first_resend_at"] is None:
-                ev.update(first_resend_at=now, first_resend_to=to)
-            ev["resent"] += 1
-        if not self.pending:
-            self._pending_since = None
-
-    def stuck_for(self, now: float) -> float:
-        """How long batches have been waiting for a broker to take them (0: none waiting)."""
-        if not self.pending or self._pending_since is None:
-            return 0.0
-        return now - self._pending_since
+            if ev["broker"] != to:
+                if ev["first_resend_at"] is None:
+                    ev.update(first_resend_at=now, first_resend_to=to)
+                ev["resent"] += 1

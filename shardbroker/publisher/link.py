@@ -3,7 +3,9 @@
 A ``BrokerLink`` owns the socket to one endpoint, what is in flight there (in send order, with
 the cumulative message count each batch completes, so the broker's cumulative acks pop them),
 its state (up / down / left), the reconnect backoff and the counters ``report()`` gives.
-``floor`` and ``inherit`` carry the handshake-dedupe rule explained in cluster.py.
+Which batches it may take does not depend on their batch_seq: the broker skips a resend only
+when its segment still holds that exact batch_seq, and commits any other (cluster.py: the
+contract), so any up broker with room takes any batch, new or re-sent.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ class OutBatch:
 class InFlight:
     batch: OutBatch
     conn_cum: int  # messages sent on this connection once this batch is in
-    mono: bool  # above every seq sent before it on this connection
 
 
 @dataclass
@@ -53,12 +54,9 @@ class BrokerLink:
     state: str = DOWN
     sock: socket.socket | None = None
     acks: AckStream = field(default_factory=AckStream)
-    floor: int = 0  # this client's next batch_seq when the broker confirmed the handshake
-    top: int = -1  # highest seq sent on this connection
     conn_msgs: int = 0
     in_flight: deque[InFlight] = field(default_factory=deque)
     in_flight_bytes: int = 0
-    inherit: set[int] = field(default_factory=set)  # seqs it may take back after a reconnect
     listed: bool = True  # still in the membership
     next_attempt: float = 0.0
     backoff: float = BACKOFF_FIRST_S
@@ -82,17 +80,14 @@ class BrokerLink:
                 "failures": self.failures, "connects": self.connects,
                 "last_error": self.last_error}
 
-    def accepts(self, batch: OutBatch, new: bool, max_in_flight: int) -> bool:
-        """May ``batch`` go here now? A new batch may go to any broker that is up and has
-        room; an older one only where the broker will commit it (cluster.py's module doc)."""
-        if self.state != UP or len(self.in_flight) >= max_in_flight:
-            return False
-        return new or batch.seq >= self.floor or batch.seq in self.inherit
+    def has_room(self, max_in_flight: int) -> bool:
+        """May a batch (any batch: new or re-sent, whatever its seq) go here now?"""
+        return self.state == UP and len(self.in_flight) < max_in_flight
 
     # ------------------------------------------------------------------ connection
 
     def connect(self, client_id: int, ack: int, topic: str, connect_timeout: float,
-                send_timeout: float, next_seq: int, now: float) -> bool:
+                send_timeout: float, now: float) -> bool:
         """Open a connection and, with acks, wait for the handshake to be confirmed. True when
         the link is up; else it is down with ``last_error`` saying why."""
         e = self.endpoint
@@ -114,8 +109,6 @@ class BrokerLink:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                         struct.pack("ll", sec, int((send_timeout - sec) * 1e6)))
         self.sock, self.acks, self.state = sock, acks, UP
-        self.floor = next_seq
-        self.top = -1
         self.conn_msgs = 0
         self.connects += 1
         self.backoff = BACKOFF_FIRST_S
@@ -141,16 +134,13 @@ class BrokerLink:
 
     def note_sent(self, batch: OutBatch, track: bool, now: float) -> None:
         """Book ``batch`` as sent here (``track``: acks are on, keep it until acked)."""
-        mono = batch.seq > self.top
-        self.top = max(self.top, batch.seq)
         batch.sends += 1
         if track:
             self.conn_msgs += batch.num_msg
             if not self.in_flight:
                 self.last_progress = now
-            self.in_flight.append(InFlight(batch, self.conn_msgs, mono))
+            self.in_flight.append(InFlight(batch, self.conn_msgs))
             self.in_flight_bytes += batch.size
-        self.inherit.discard(batch.seq)
         self.batches += 1
         self.bytes += batch.size
 
@@ -187,18 +177,17 @@ class BrokerLink:
         return acked
 
     def take_unacked(self) -> list[InFlight]:
-        """Empty the in-flight queue (the broker failed). What was sent here above every earlier
-        seq may come back here after a reconnect: the broker's skip then means committed."""
+        """Empty the in-flight queue (the broker failed); returns what was in it, in send
+        order, for the failover book to send again."""
         unacked = list(self.in_flight)
         self.in_flight.clear()
         self.in_flight_bytes = 0
-        self.inherit = {s.batch.seq for s in unacked if s.mono}
         return unacked
 
 
 def _await_broker_id(sock: socket.socket, acks: AckStream, timeout: float) -> str:
-    """Wait for the ack stream's broker id: the handshake is then done, and this client's
-    batches from the next batch_seq up are committed there. Returns why not, or ""."""
+    """Wait for the ack stream's broker id: the broker then accepted the handshake (a
+    rejection arrives as its reason instead). Returns why not, or ""."""
     deadline = time.monotonic() + timeout
     try:
         while acks.broker_id is None and acks.closed_reason is None:

@@ -2,14 +2,15 @@
 
 ``least-bytes`` (default): the broker with the fewest bytes in flight -- a slow or busy broker
 acks later, so it gets less -- ties broken by fewest bytes sent so far, so idle brokers share
-evenly. ``round-robin``: plain rotation over the brokers that may take the batch.
+evenly. ``round-robin``: plain rotation over the brokers that are up and have room. New and
+re-sent batches are placed alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shardbroker.publisher.link import BrokerLink, OutBatch
+from shardbroker.publisher.link import BrokerLink
 
 PLACEMENTS = ("least-bytes", "round-robin")
 
@@ -21,10 +22,9 @@ class Placement:
         self.policy = policy
         self._rr = 0
 
-    def choose(self, links: Iterable[BrokerLink], batch: OutBatch, new: bool,
-               max_in_flight: int) -> BrokerLink | None:
-        """The broker for ``batch`` among those that accept it now; None when none does."""
-        ok = [ln for ln in links if ln.accepts(batch, new, max_in_flight)]
+    def choose(self, links: Iterable[BrokerLink], max_in_flight: int) -> BrokerLink | None:
+        """The broker for the next batch among those up with room; None when none is."""
+        ok = [ln for ln in links if ln.has_room(max_in_flight)]
         if not ok:
             return None
         if self.policy == "round-robin":
