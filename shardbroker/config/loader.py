@@ -94,6 +94,12 @@ def validate(cfg: Config) -> Config:
             f"{lim.max_batch_bytes} is more than half of segment.blog_bytes_per_shard "
             f"({s.blog_bytes_per_shard})",
             hint="raise segment.blog_bytes_per_shard or lower limits.max_batch_bytes")
+    if cfg.socket.readahead * 2 > s.blog_bytes_per_shard:  # one read's run of batches
+        raise ConfigError(
+            "socket.readahead",
+            f"{cfg.socket.readahead} is more than half of segment.blog_bytes_per_shard "
+            f"({s.blog_bytes_per_shard})",
+            hint="raise segment.blog_bytes_per_shard or lower socket.readahead")
     for cidr in lim.allow_cidrs:
         try:
             ipaddress.ip_network(cidr, strict=False)

@@ -343,13 +343,14 @@ class Session:
             # run (one copy, slots stored together). Whatever stops the walk (a batch not yet
             # whole, a large one, a bad header, a resent duplicate) is left to the loop below.
             run: list[tuple[int, int, int, int, int, int]] = []
-            direct_min = self.direct_min
+            # small enough for the run and within limits.max_batch_bytes, which may be lower
+            small_end = min(self.direct_min, max_bytes + 1)
             p = pos
             while fill - p >= BATCH_HEADER_SIZE:
                 h = unpack(hot, p)
                 seq, orig, client, num_msg, epoch, size = h
                 end = p + BATCH_HEADER_SIZE + size
-                if (end > fill or not (0 < size < direct_min and 0 < num_msg <= max_msgs)
+                if (end > fill or not (0 < size < small_end and 0 < num_msg <= max_msgs)
                         or size < num_msg * MESSAGE_HEADER_SIZE or client != cid
                         or seq < dedupe_below):
                     break

@@ -62,6 +62,8 @@ def test_toml_and_overrides(tmp_path: Path) -> None:
     ("[broker]\nthreads = 'two'\n", "broker.threads"),
     ("[broker]\nthreads = -1\n", "broker.threads"),
     ("[limits]\nmax_batch_bytes = '600MiB'\n", "limits.max_batch_bytes"),
+    ("[segment]\nblog_bytes_per_shard = '32MiB'\n[limits]\nmax_batch_bytes = '1MiB'\n"
+     "[socket]\nreadahead = '20MiB'\n", "socket.readahead"),
     ("[broker]\nbackend = 'rdma'\n", "broker.backend"),
     ("[broker]\nlisten = 'nowhere'\n", "listen"),
 ])

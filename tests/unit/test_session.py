@@ -551,3 +551,22 @@ def test_hand_over_keeps_the_exact_dedupe(rig: Rig) -> None:
     drive(b, batch(2, pls[2][1], 1) + batch(1, pls[1][1], 1) + batch(0, pls[0][1], 1), [])
     assert sorted(seq for seq, _ in rig.committed()) == [0, 1, 2]
     assert rig.committer.duplicates_skipped == 2
+
+
+def test_a_batch_limit_below_direct_min_still_holds_for_small_batches() -> None:
+    """limits.max_batch_bytes may be lower than direct_min: a batch between the two is
+    refused, not committed by the run of small batches."""
+    r = _rig()
+    try:
+        r.committer.limits = p.Limits(max_batch_bytes=500, max_messages_per_batch=256,
+                                      max_message_bytes=1 << 20)
+        s = Session(r.committer, readahead=64 << 10, direct_min=4096)
+        ok = batch(0, payload(0, [100]), 1)
+        big = batch(1, payload(1, [600]), 1)
+        with pytest.raises(p.ProtocolError) as err:
+            drive(s, HS + ok + big, [])
+        assert err.value.reason is p.Reason.BATCH_SIZE_TOO_LARGE
+        assert [seq for seq, _ in r.committed()] == [0]
+    finally:
+        r.mapped.close()
+        shm.unlink(r.name)
