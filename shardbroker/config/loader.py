@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +61,8 @@ def _checked(dotted: str, meta: Key, expected: type, value: Any) -> Any:
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(dotted, f"{value!r} is a {type(value).__name__}, "
                                   f"expected {expected.__name__}")
+    if isinstance(value, float) and not math.isfinite(value):  # nan compares false to any bound
+        raise ConfigError(dotted, f"{value!r} is not a finite number", hint=meta.hint)
     if meta.choices and value not in meta.choices:
         raise ConfigError(dotted, f"{value!r} is not allowed",
                           hint=f"use one of {', '.join(meta.choices)}")

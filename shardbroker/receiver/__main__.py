@@ -105,6 +105,7 @@ def main(argv: list[str]) -> int:
     loop = Receiver(cfg, writer, control, log, backend, on_tick=publisher.tick, cpu=spec.cpu,
                     listener=listener)
     loop.backend_fallback = fallback
+    writer.heartbeat()  # booting (populate, backend) may have taken longer than the watchdog
     control.send(messages.encode(messages.Ready({
         "shard": spec.shard, "cpu": spec.cpu, "backend": loop.backend_name,
         "backend_fallback": loop.backend_fallback,

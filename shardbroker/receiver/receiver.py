@@ -34,6 +34,7 @@ from shardbroker.wire.protocol import Limits, ProtocolError, Reason, encode_cont
 # Acks are cumulative: within one driver pass a connection's count goes out once per this many
 # of its bytes, and whatever is left when the pass ends (a send costs as much as a read).
 ACK_EVERY_BYTES = 1 << 20
+CONTROL_MAX = 65536  # bytes of one supervisor message (SOCK_SEQPACKET: one recv, one message)
 STATS_INTERVAL_S = 0.5  # shard-header counters (read by dump, demo, tests)
 BLOCK_RECHECK_S = 0.001  # retention `block`: how often parked connections look for room
 RESET_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH)
@@ -158,11 +159,17 @@ class Receiver:
     def on_control(self) -> None:
         """Messages from the supervisor."""
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(self.control, 256, 64)
+            # a moved connection's state (topic, counters, peer) is a few hundred bytes
+            msg, fds, flags, _addr = socket.recv_fds(self.control, CONTROL_MAX, 64)
         except (BlockingIOError, InterruptedError):
             return
         except ConnectionError:
-            msg, fds = b"", []
+            msg, fds, flags = b"", [], 0
+        if flags & socket.MSG_TRUNC:  # never parse half a message: refuse it, loudly
+            for fd in fds:
+                os.close(fd)
+            self.log.error("receiver.control.truncated", size_limit=CONTROL_MAX)
+            return
         if not msg:
             self.log.warning("receiver.supervisor_gone")
             for fd in fds:

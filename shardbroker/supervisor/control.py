@@ -108,6 +108,8 @@ class ControlServer:
                 reply = envelope.reply_ok(handler(cmd, args))
             except (envelope.EnvelopeError, ShardbrokerError, ValueError) as exc:
                 reply = envelope.reply_error(str(exc))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not end the broker
+                reply = envelope.reply_error(f"{type(exc).__name__}: {exc}")
             sock.send_multipart([ident, b"", reply])
 
     def on_metrics(self) -> None:

@@ -131,9 +131,14 @@ class ReceiverPool:
                     os.close(fd)
 
     def _handle(self, slot: ReceiverSlot, msg: messages.Message, fds: list[int]) -> None:
+        if fds and not (isinstance(msg, messages.Handover) and msg.verb is messages.Verb.MOVE):
+            for fd in fds:  # only a move carries sockets: anything else would leak them
+                os.close(fd)
+            fds = []
         match msg:
             case messages.Ready(info=info):
                 slot.info, slot.ready, slot.booted = info, True, True
+                slot.ready_ns = time.monotonic_ns()
                 slot.scaling_up = False
                 if slot.restarts:
                     self.log.info("supervisor.receiver.restarted", shard=slot.shard,
@@ -245,7 +250,8 @@ class ReceiverPool:
             if not slot.ready or slot.killed or proc is None or proc.poll() is not None:
                 continue
             state = self.shard_state(slot.shard)
-            age_s = (now_ns - state.heartbeat_ns) / 1e9
+            # a receiver is as fresh as its `ready`: a long boot is not a stopped heartbeat
+            age_s = (now_ns - max(state.heartbeat_ns, slot.ready_ns)) / 1e9
             if state.writer_pid != proc.pid or age_s <= timeout_s:
                 continue
             self.log.warning("supervisor.receiver.unresponsive", shard=slot.shard, pid=proc.pid,

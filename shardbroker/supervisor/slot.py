@@ -30,6 +30,7 @@ class ReceiverSlot:
     restart_at: float = 0.0  # monotonic: not before (restart backoff)
     boot_deadline: float = 0.0  # monotonic: `ready` must have come by then
     killed: bool = False  # the watchdog killed this process; the reaper restarts it
+    ready_ns: int = 0  # CLOCK_MONOTONIC ns of its `ready`: the watchdog's earliest beat
     scaling_up: bool = False  # started by `scale`, not ready yet: a boot failure is its own
 
     @property

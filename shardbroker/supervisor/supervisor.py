@@ -226,7 +226,10 @@ class Supervisor:
         if cmd == "stats":
             return self.metrics_report()
         if cmd == "scale":
-            return self.scale(int(args.get("threads", 0)))
+            threads = args.get("threads")
+            if not isinstance(threads, int) or isinstance(threads, bool):
+                raise ValueError(f"scale: threads must be a whole number, not {threads!r}")
+            return self.scale(threads)
         if cmd == "drain":
             self.drain()
             return {"draining": True}

@@ -34,11 +34,11 @@ def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=timeout)
 
 
-def _load(b: Any, total: int, connections: int = 4, rate: float | None = None
-          ) -> dict[str, Any]:
+def _load(b: Any, total: int, connections: int = 4, rate: float | None = None,
+          topic: str = "load") -> dict[str, Any]:
     spec = loadgen.LoadSpec(host=b.host, port=b.port, connections=connections,
                             batch_bytes=2 << 20, message_size=1024, total_bytes=total,
-                            rate_bytes_s=rate)
+                            rate_bytes_s=rate, topic=topic)
     return loadgen.run(spec, timeout_s=120)
 
 
@@ -56,6 +56,15 @@ def test_ready_line_names_control_and_status_answers(broker: BrokerFactory) -> N
     st = json.loads(out.stdout)
     assert st["threads"] == 2 and len(st["receivers"]) == 2
     assert all(r["allowed_cpus"] == [r["cpu"]] for r in st["receivers"])  # pinning read back
+
+
+def test_a_malformed_request_is_refused_and_the_broker_serves_on(broker: BrokerFactory) -> None:
+    b = broker()
+    ctl = b.ready["control"]
+    for bad in (None, "two", 1.5, True):
+        with pytest.raises(client.ControlError, match="whole number"):
+            client.request(ctl, "scale", threads=bad)
+    assert client.request(ctl, "status")["threads"] == 2  # still answering, nothing changed
 
 
 @pytest.mark.parametrize("backend", BACKENDS)  # a contract: every backend counts the same
@@ -99,8 +108,10 @@ def test_scale_1_2_1_while_streaming(broker: BrokerFactory) -> None:
     import threading
 
     out: dict[str, Any] = {}
-    # paced: 4 x 12 MiB/s for ~8 s, so the scaling happens mid-stream and the rings never lap
-    t = threading.Thread(target=lambda: out.update(_load(b, 384 << 20, rate=12 << 20)))
+    # paced: 4 x 12 MiB/s for ~8 s, so the scaling happens mid-stream and the rings never lap;
+    # the longest topic the protocol allows makes a moved connection's state its largest
+    t = threading.Thread(target=lambda: out.update(
+        _load(b, 384 << 20, rate=12 << 20, topic="t" * 31)))
     t.start()
     try:
         wait_for(lambda: _stats(b)["total"]["connections_open"] == 4, 20, "4 publishers")

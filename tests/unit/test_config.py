@@ -65,6 +65,8 @@ def test_toml_and_overrides(tmp_path: Path) -> None:
     ("[segment]\nblog_bytes_per_shard = '32MiB'\n[limits]\nmax_batch_bytes = '1MiB'\n"
      "[socket]\nreadahead = '20MiB'\n", "socket.readahead"),
     ("[broker]\nbackend = 'rdma'\n", "broker.backend"),
+    ("[broker]\nheartbeat_timeout_s = nan\n", "broker.heartbeat_timeout_s"),
+    ("[broker]\nrestart_backoff_s = inf\n", "broker.restart_backoff_s"),
     ("[broker]\nlisten = 'nowhere'\n", "listen"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, toml: str, key: str) -> None:

@@ -4,6 +4,7 @@ one end of a real SOCK_SEQPACKET pair and keeps the other, playing the receiver.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -118,6 +119,7 @@ def test_no_ready_in_time_is_a_boot_failure(rig: Any) -> None:
 def test_a_stale_heartbeat_is_killed_and_restarted(rig: Any) -> None:
     pool, launcher, states, log = rig
     proc = _one_ready_receiver(pool, launcher)
+    pool.slots[0].ready_ns -= 10**10  # ready 10 s ago
     states[0] = _state(proc.pid, age_s=0.5)
     pool.tick(time.monotonic())
     assert proc.signals == []  # younger than the timeout
@@ -157,3 +159,28 @@ def test_a_scale_up_receiver_that_fails_at_boot_leaves_the_broker_serving(rig: A
     assert [s.shard for s in pool.active()] == [0] and pool.all_ready()
     pool.scale(2)  # a later scale-up tries again, and clears the old reason
     assert pool.scale_failure == "" and len(launcher.children) == 3
+
+
+def test_the_watchdog_counts_from_ready_not_from_a_slow_boot(rig: Any) -> None:
+    """The last heartbeat before `ready` may be old (populating a large segment): the
+    receiver is not killed until the timeout has passed since it became ready."""
+    pool, launcher, states, _log = rig
+    proc = _one_ready_receiver(pool, launcher)
+    states[0] = _state(proc.pid, age_s=30.0)  # written at boot, 30 s ago
+    pool.tick(time.monotonic())
+    assert proc.signals == [] and pool.watchdog_kills == 0
+
+
+def test_sockets_attached_to_a_message_that_is_not_a_move_are_closed(rig: Any) -> None:
+    pool, launcher, _states, _log = rig
+    _one_ready_receiver(pool, launcher)
+    theirs = launcher.children[0][1]
+    r, w = os.pipe()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        socket.send_fds(theirs, [messages.encode(messages.Closed("10.0.0.1"))], [r])
+        pool.on_message(pool.slots[0])
+        assert len(os.listdir("/proc/self/fd")) == before  # the received copy was closed
+    finally:
+        os.close(r)
+        os.close(w)
