@@ -10,7 +10,7 @@ import pytest
 
 from shardbroker import SegmentReader
 from shardbroker.segment import layout, shm
-from shardbroker.segment.writer import ShardWriter
+from shardbroker.segment.writer import COMMIT_VECTOR_MIN, ShardWriter
 from shardbroker.wire import protocol as p
 
 CLIENT = 9
@@ -98,3 +98,27 @@ def test_runs_wrap_the_pbr_ring_and_the_blog(seg: tuple[str, shm.Mapped]) -> Non
         # the whole newest run (5 batches) is readable: nothing of it was lapped
         assert [g[0] for g in got[-5:]] == list(range(seq - 5, seq))
     assert w.next_index == 45 and w.head > 2 * (64 << 10)  # both rings wrapped
+
+
+def test_long_runs_store_their_commit_words_together_across_the_ring_end() -> None:
+    """Runs of 9 batches (the numpy path, >= COMMIT_VECTOR_MIN) into 16 slots: every other
+    run's commit words split at the ring's end."""
+    assert COMMIT_VECTOR_MIN <= 9
+    name = f"shardbroker-test-{os.getpid()}-{os.urandom(3).hex()}"
+    m = shm.create(name, layout.Geometry(1, 16, 256 << 10), broker_id=3)
+    try:
+        w = ShardWriter(m, 0, broker_id=3)
+        seq = 0
+        for _ in range(5):
+            data, headers = wire_run(seq, [700 + 13 * k for k in range(9)])
+            w.append_run(memoryview(data), 0, len(data), headers, TOPIC)
+            w.publish()
+            seq += 9
+            with SegmentReader(name) as r:
+                got = [(b.batch_seq, b.index, bytes(b.payload)) for b in r.batches(0)]
+            assert [g[0] for g in got] == list(range(max(0, seq - 16), seq))
+            assert all(index == s and body == body_of(s, 700 + 13 * (s % 9))
+                       for s, index, body in got)
+    finally:
+        m.close()
+        shm.unlink(name)
