@@ -135,14 +135,21 @@ IORING_OFF_SQES = 0x10000000
 # opcodes
 IORING_OP_NOP = 0
 IORING_OP_POLL_ADD = 6
+IORING_OP_RECVMSG = 10
 IORING_OP_ASYNC_CANCEL = 14
 IORING_OP_SEND = 26
 IORING_OP_RECV = 27
 IORING_OP_URING_CMD = 46
 OPCODE_NAMES = {IORING_OP_NOP: "NOP", IORING_OP_POLL_ADD: "POLL_ADD",
                 IORING_OP_ASYNC_CANCEL: "ASYNC_CANCEL", IORING_OP_SEND: "SEND",
+                IORING_OP_RECVMSG: "RECVMSG",
                 IORING_OP_RECV: "RECV", IORING_OP_URING_CMD: "URING_CMD"}
-REQUIRED_OPS = (IORING_OP_NOP, IORING_OP_POLL_ADD, IORING_OP_ASYNC_CANCEL, IORING_OP_RECV)
+REQUIRED_OPS = (IORING_OP_NOP, IORING_OP_POLL_ADD, IORING_OP_ASYNC_CANCEL, IORING_OP_RECV,
+                IORING_OP_RECVMSG)
+# RECV/RECVMSG ioprio flag (5.19): arm the poll before the first try, so the receive runs
+# once the socket polls readable, i.e. once SO_RCVLOWAT bytes are queued. An older kernel
+# answers EINVAL (the driver then stops asking for it).
+IORING_RECVSEND_POLL_FIRST = 1 << 0
 REQUIRED_FEATURES = {
     IORING_FEAT_SINGLE_MMAP: "SINGLE_MMAP",
     IORING_FEAT_NODROP: "NODROP",  # completions are never dropped when the CQ ring is full
@@ -153,6 +160,9 @@ REQUIRED_FEATURES = {
 }
 
 MSG_WAITALL = 0x100
+MSGHDR = struct.Struct("<QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, controllen, flags
+IOVEC = struct.Struct("<QQ")  # base, len
+assert MSGHDR.size == 56
 POLLIN = 0x001
 POLLOUT = 0x004
 
@@ -309,15 +319,15 @@ class Ring:
 
     def prep(self, opcode: int, fd: int, addr: int, length: int, op_flags: int,
              user_data: int, off: int = 0, sqe_flags: int = 0, splice_fd_in: int = 0,
-             addr3: int = 0) -> None:
+             addr3: int = 0, ioprio: int = 0) -> None:
         """Queue one SQE. A full SQ ring is submitted first (without waiting), unless the
         previous SQE links to this one: a link chain must go in whole, so callers reserve room
         for a chain with ``reserve`` first."""
         if self.pending >= self.sq_entries:
             self.submit()
         tail = self.tail
-        SQE.pack_into(self.sqes, (tail & self.sq_mask) * 64, opcode, sqe_flags, 0, fd, off, addr,
-                      length, op_flags, user_data, 0, 0, splice_fd_in, addr3, 0)
+        SQE.pack_into(self.sqes, (tail & self.sq_mask) * 64, opcode, sqe_flags, ioprio, fd, off,
+                      addr, length, op_flags, user_data, 0, 0, splice_fd_in, addr3, 0)
         self.tail = tail = (tail + 1) & 0xFFFFFFFF
         # x86 TSO: the SQE stores above are visible before this tail store (see the top).
         self.sq32[self.sq_tail_i] = tail
@@ -329,8 +339,15 @@ class Ring:
             self.submit()
 
     def prep_recv(self, fd: int, addr: int, length: int, user_data: int,
-                  msg_flags: int = MSG_WAITALL, sqe_flags: int = 0) -> None:
-        self.prep(IORING_OP_RECV, fd, addr, length, msg_flags, user_data, sqe_flags=sqe_flags)
+                  msg_flags: int = MSG_WAITALL, sqe_flags: int = 0, ioprio: int = 0) -> None:
+        self.prep(IORING_OP_RECV, fd, addr, length, msg_flags, user_data, sqe_flags=sqe_flags,
+                  ioprio=ioprio)
+
+    def prep_recvmsg(self, fd: int, msghdr_addr: int, user_data: int, msg_flags: int = 0,
+                     ioprio: int = 0) -> None:
+        """RECVMSG into the iovecs a ``struct msghdr`` (``MSGHDR``) at ``msghdr_addr`` names;
+        the caller keeps the msghdr and its iovecs alive until the completion."""
+        self.prep(IORING_OP_RECVMSG, fd, msghdr_addr, 1, msg_flags, user_data, ioprio=ioprio)
 
     def prep_poll_add(self, fd: int, events: int, user_data: int) -> None:
         self.prep(IORING_OP_POLL_ADD, fd, 0, 0, events, user_data)

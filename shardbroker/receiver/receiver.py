@@ -615,6 +615,16 @@ class Receiver:
             if not conn.want_write and self.owns(conn):
                 self._send_acks(conn)
 
+    def flush_quiet_acks(self, held: dict[Connection, None]) -> None:
+        """Counts held since an earlier pass go out for the connections that committed nothing
+        new since (they have no bytes to share a count with); the rest stay held, within
+        ACK_EVERY_BYTES, until the driver is about to sleep (``flush_due_acks``)."""
+        due = self.acks_due
+        for conn in held:
+            if conn in due or conn.want_write or not self.owns(conn):
+                continue
+            self._send_acks(conn)
+
     def _send_acks(self, conn: Connection) -> None:
         conn.ack_mark = conn.session.bytes_in
         done = self._flush(conn)

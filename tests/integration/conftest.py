@@ -35,12 +35,20 @@ def skip_unless_backend(name: str) -> str:
     return name
 
 
+# Run every broker-fixture test on one backend: SHARDBROKER_TEST_BACKEND=uring pytest ...
+BACKEND_ENV = "SHARDBROKER_TEST_BACKEND"
+
+
 @pytest.fixture
 def backend() -> str | None:
-    """The receive backend the ``broker`` fixture asks for; None: the configured default.
-    A test module overrides this fixture (parametrised over BACKENDS) to run its tests as a
-    contract suite against every backend."""
-    return None
+    """The receive backend the ``broker`` fixture asks for; None: the configured default,
+    or ``$SHARDBROKER_TEST_BACKEND`` where set (the recovery, consumer and end-to-end suites
+    on the io_uring backend). A test module overrides this fixture (parametrised over
+    BACKENDS) to run its tests as a contract suite against every backend."""
+    name = os.environ.get(BACKEND_ENV, "")
+    if name and name not in BACKENDS:
+        raise pytest.UsageError(f"{BACKEND_ENV}={name!r}: one of {', '.join(BACKENDS)}")
+    return name or None
 
 
 @pytest.fixture
