@@ -131,8 +131,11 @@ def test_uring_reports_itself_and_counts_enters(broker: BrokerFactory) -> None:
     wait_for(lambda: totals()["batches"] == res["batches"], 10, "metrics")
     t = totals()
     assert t["uring_enters"] > 0 and t["uring_completions"] >= t["batches"]
-    # one io_uring_enter per loop iteration, reaping a payload and the next header together
-    assert 0.5 <= t["uring_enters_per_batch"] <= 2.5, t
+    # A 2 MiB payload arrives in SO_RCVLOWAT-sized pieces (rcvlowat_cap 1 MiB: at least two
+    # completions), its header scattered into the last; an ack flush adds a look that does not
+    # wait. So 2-4 enters per batch, as epoll makes 3-4 recv calls (bench S1); more would mean
+    # the payload came in small reads again.
+    assert 1.0 <= t["uring_enters_per_batch"] <= 5.0, t
     assert t["recv_calls_per_batch"] is not None
     out = subprocess.run([sys.executable, "-m", "shardbroker", "stats", "--json", "--control",
                           b.ready["control"]], capture_output=True, text=True, timeout=30)
