@@ -221,8 +221,9 @@ class UringBackend:
             return
         rx.wakeups += 1
         rx.uring_completions += len(cqes)
-        held = rx.acks_due  # counts held from earlier passes
-        rx.acks_due = {}
+        held = None  # counts held from earlier passes (a fresh dict only if there are any)
+        if rx.acks_due:
+            held, rx.acks_due = rx.acks_due, {}
         by_uid = self.by_uid
         for ud, res, _flags in cqes:
             kind = ud & 7
